@@ -1,0 +1,1 @@
+"""Sub-commands of ``cpmae``; each module exposes ``register(subparsers)``."""
