@@ -1,0 +1,181 @@
+"""Weight bundles: safetensors files plus a manifest with sha256, resolution and provenance.
+
+A bundle is a folder holding ``brain_tokenizer.safetensors``, ``nonbrain_tokenizer.safetensors``,
+``prior.safetensors`` and ``manifest.json``. Loading never unpickles anything, and every file is
+checked against the manifest's sha256 before use, so a corrupted or swapped file is refused
+with a clear error instead of producing a silently different face. Shipped demonstration
+bundles live in ``cpmae/weights/demo-128`` and ``demo-256``.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from cpmae import __version__
+from cpmae.errors import WeightsError
+from cpmae.models import PriorConfig, TokenizerConfig, Tokenizer, TokenPrior
+
+FORMAT = "cpmae-weights/1"
+COMPONENTS = ("brain_tokenizer", "nonbrain_tokenizer", "prior")
+BUILTIN_DIR = Path(__file__).resolve().parent / "weights"
+DEFAULT_BUNDLE = {128: "demo-128", 256: "demo-256"}
+
+
+def sha256_file(path: Union[str, Path]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def git_revision() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except Exception:
+        return "unknown"
+
+
+@dataclass
+class Bundle:
+    brain_tokenizer: Tokenizer
+    nonbrain_tokenizer: Tokenizer
+    prior: TokenPrior
+    manifest: dict
+    path: Path
+
+    @property
+    def resolution(self) -> int:
+        return int(self.manifest["resolution"])
+
+    @property
+    def sha256(self) -> str:
+        """Identity of the whole bundle: sha256 of its manifest (which pins every file's sha256)."""
+        return sha256_file(self.path / "manifest.json")
+
+    def to(self, device) -> "Bundle":
+        for m in (self.brain_tokenizer, self.nonbrain_tokenizer, self.prior):
+            m.to(device)
+        return self
+
+
+def resolve_bundle_path(spec: Optional[Union[str, Path]], resolution: Optional[int] = None) -> Path:
+    """A folder path, the name of a shipped bundle, or None for the default of ``resolution``."""
+    if spec is None:
+        spec = DEFAULT_BUNDLE.get(int(resolution or 256))
+        if spec is None:
+            raise WeightsError(f"no shipped weights for resolution {resolution}; use --weights")
+    p = Path(spec)
+    if p.is_dir():
+        return p
+    if (BUILTIN_DIR / str(spec)).is_dir():
+        return BUILTIN_DIR / str(spec)
+    if p.is_file() and p.name == "manifest.json":
+        return p.parent
+    raise WeightsError("weights folder not found (expected a folder with manifest.json, or a shipped "
+                       f"bundle name: {', '.join(sorted(DEFAULT_BUNDLE.values()))})", path=spec)
+
+
+def read_manifest(path: Path) -> dict:
+    mf = path / "manifest.json"
+    try:
+        manifest = json.loads(mf.read_text())
+    except FileNotFoundError:
+        raise WeightsError("manifest.json missing", path=path) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise WeightsError(f"manifest.json is not valid JSON ({exc})", path=mf) from None
+    if manifest.get("format") != FORMAT:
+        raise WeightsError(f"unknown weights format {manifest.get('format')!r} (expected {FORMAT})", path=mf)
+    return manifest
+
+
+def _load_state(path: Path, entry: dict) -> dict:
+    f = path / entry["file"]
+    if not f.is_file():
+        raise WeightsError("weights file listed in manifest.json is missing", path=f)
+    digest = sha256_file(f)
+    if digest != entry["sha256"]:
+        raise WeightsError(f"sha256 mismatch: file has {digest[:12]}…, manifest says {entry['sha256'][:12]}…; "
+                           "the file is corrupted or was replaced, refusing to use it", path=f)
+    return {k: v.float() for k, v in load_file(str(f)).items()}
+
+
+def load_bundle(spec: Optional[Union[str, Path]] = None, resolution: Optional[int] = None,
+                device: Union[str, torch.device] = "cpu") -> Bundle:
+    """Load and verify a bundle; refuse sha256 mismatches and bundles for another resolution."""
+    path = resolve_bundle_path(spec, resolution)
+    manifest = read_manifest(path)
+    if resolution is not None and int(manifest["resolution"]) != int(resolution):
+        raise WeightsError(f"these weights are for {manifest['resolution']}³, not {resolution}³; "
+                           f"pick --resolution {manifest['resolution']} or other weights", path=path)
+    comps = manifest["components"]
+    models = {}
+    for name in COMPONENTS:
+        if name not in comps:
+            raise WeightsError(f"manifest.json lists no {name}", path=path)
+        entry = comps[name]
+        if name == "prior":
+            model = TokenPrior(PriorConfig.from_dict(entry["config"]))
+        else:
+            model = Tokenizer(TokenizerConfig.from_dict(entry["config"]))
+        state = _load_state(path, entry)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise WeightsError(f"{entry['file']} does not fit its config (missing {len(missing)}, "
+                               f"unexpected {len(unexpected)} tensors)", path=path)
+        models[name] = model.eval().to(device)
+    return Bundle(models["brain_tokenizer"], models["nonbrain_tokenizer"], models["prior"], manifest, path)
+
+
+def save_bundle(out_dir: Union[str, Path], brain_tokenizer: Tokenizer, nonbrain_tokenizer: Tokenizer,
+                prior: TokenPrior, resolution: int, meta: Optional[dict] = None, half: bool = True) -> Path:
+    """Write a bundle atomically (temp folder, then rename). ``half`` stores fp16 to keep the repo small."""
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    comps = {}
+    for name, model in (("brain_tokenizer", brain_tokenizer), ("nonbrain_tokenizer", nonbrain_tokenizer),
+                        ("prior", prior)):
+        state = {k: (v.detach().half() if half and v.is_floating_point() else v.detach()).contiguous().cpu()
+                 for k, v in model.state_dict().items()}
+        fname = f"{name}.safetensors"
+        save_file(state, str(tmp / fname), metadata={"component": name, "format": FORMAT})
+        comps[name] = {"file": fname, "sha256": sha256_file(tmp / fname), "config": model.cfg.to_dict(),
+                       "parameters": int(sum(p.numel() for p in model.parameters()))}
+    manifest = {
+        "format": FORMAT,
+        "name": out.name,
+        "version": __version__,
+        "resolution": int(resolution),
+        "spacing_mm": {128: 2.0, 256: 1.0}.get(int(resolution)),
+        "codebook_size": int(prior.codebook_size),
+        "token_grid": int(prior.cfg.token_size),
+        "license": "Apache-2.0",
+        "git_revision": git_revision(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "components": comps,
+    }
+    manifest.update(meta or {})
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    if out.exists():
+        old = out.with_name(f".{out.name}.old")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        import shutil
+
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+    return out
