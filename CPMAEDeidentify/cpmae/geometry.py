@@ -1,0 +1,163 @@
+"""The canonical model grid and the exact way back to the scanner's grid.
+
+Networks see every head in the same frame: axis-aligned in LPS (direction = identity, so an
+array ``[z, y, x]`` runs ``[S, P, L]`` and the face sits at low ``y``), a cube of
+``size * spacing`` = 256 mm, centred on the head. Both directions of the mapping go through
+physical space with SimpleITK's resampler, so ``to_native`` is the exact inverse of
+``to_model`` up to interpolation, whatever the native direction, spacing or origin.
+
+Centring rule (``plan_model_grid``):
+
+* head foreground = voxels above ``FOREGROUND_FRACTION * intensity_scale(volume)`` (the same
+  threshold ``cpmae.intensity`` uses to separate head from air);
+* its physical extent along L-R, A-P and S-I runs over the ``SLAB_MM`` slabs whose foreground
+  cross-section is at least ``MIN_SLAB_AREA_MM2`` (a nose tip is hundreds of mm², a stray bright
+  voxel in the air one), so noise does not move the frame and the nose is not trimmed;
+* L-R and A-P: the frame is centred on that extent (a head is < 256 mm deep and wide, so the
+  nose and the back of the head both fit);
+* S-I: centred on the extent when it fits; when it does not (a scan with a long neck), the
+  frame keeps the vertex ``VERTEX_MARGIN_MM`` below its top and crops the neck, never the face;
+* with a brain mask the vertex is taken no higher than ``BRAIN_TO_VERTEX_MAX_MM`` above the
+  top of the brain, so bright artefacts above the head cannot push the face out of the frame.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+import numpy as np
+import SimpleITK as sitk
+
+from cpmae.intensity import FOREGROUND_FRACTION, intensity_scale
+
+SLAB_MM = 2.0  # thickness of the slabs that measure the head's extent along each axis
+MIN_SLAB_AREA_MM2 = 30.0  # a slab with less foreground cross-section than this is air + noise
+VERTEX_MARGIN_MM = 8.0  # air kept above the vertex when the neck must be cropped
+BRAIN_TO_VERTEX_MAX_MM = 40.0  # skull + scalp above the brain is never thicker than this
+MAX_FOREGROUND_SAMPLES = 2_000_000  # subsample foreground positions: the extent does not need them all
+
+_INTERPOLATORS = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor}
+
+
+@dataclass(frozen=True)
+class ModelGrid:
+    """A cubic model grid: ``size`` voxels of ``spacing`` mm along each axis."""
+
+    size: int
+    spacing: float
+
+    @property
+    def fov_mm(self) -> float:
+        return self.size * self.spacing
+
+
+GRIDS: Dict[int, ModelGrid] = {128: ModelGrid(128, 2.0), 256: ModelGrid(256, 1.0)}
+
+
+def _interpolator(interp: str) -> int:
+    try:
+        return _INTERPOLATORS[interp]
+    except KeyError:
+        raise ValueError(f"interp must be one of {sorted(_INTERPOLATORS)}, not {interp!r}") from None
+
+
+def _physical_points(img: sitk.Image, zyx: np.ndarray) -> np.ndarray:
+    """Physical LPS positions (N, 3) of voxel indices given as (N, 3) ``[z, y, x]`` rows."""
+    xyz = zyx[:, ::-1].astype(np.float64)
+    spacing = np.asarray(img.GetSpacing())
+    direction = np.asarray(img.GetDirection()).reshape(3, 3)
+    return np.asarray(img.GetOrigin()) + (xyz * spacing) @ direction.T
+
+
+def _foreground_points(img: sitk.Image, mask: Optional[np.ndarray] = None):
+    """Physical positions of (a subsample of) the foreground voxels, and the volume each stands for.
+
+    The foreground threshold is the one ``cpmae.intensity`` uses to tell head from air.
+    """
+    if mask is None:
+        arr = sitk.GetArrayViewFromImage(img)
+        mask = arr > FOREGROUND_FRACTION * intensity_scale(arr)
+    zyx = np.argwhere(mask)
+    step = max(1, int(np.ceil(len(zyx) / MAX_FOREGROUND_SAMPLES)))
+    zyx = zyx[::step]
+    return _physical_points(img, zyx), step * float(np.prod(img.GetSpacing()))
+
+
+def _robust_extent(pts: np.ndarray, mm3_per_point: float):
+    """(low, high) physical extent per axis over slabs with a real foreground cross-section."""
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    for axis in range(3):
+        edges = np.arange(lo[axis], hi[axis] + SLAB_MM, SLAB_MM)
+        if len(edges) < 2:
+            continue
+        counts, _ = np.histogram(pts[:, axis], bins=edges)
+        solid = np.nonzero(counts * mm3_per_point / SLAB_MM >= MIN_SLAB_AREA_MM2)[0]
+        if len(solid):
+            lo[axis], hi[axis] = edges[solid[0]], edges[solid[-1] + 1]
+    return lo, hi
+
+
+def _image_corners(img: sitk.Image) -> np.ndarray:
+    size = np.asarray(img.GetSize()) - 1
+    corners = np.array([[k, j, i] for i in (0, size[0]) for j in (0, size[1]) for k in (0, size[2])])
+    return _physical_points(img, corners)
+
+
+def head_centre(native: sitk.Image, fov_mm: float, mask: Optional[sitk.Image] = None) -> np.ndarray:
+    """Physical LPS centre of the model frame for this head (the rule in the module docstring)."""
+    pts, mm3 = _foreground_points(native)
+    if len(pts) < 8:  # no head above the threshold: fall back to the image's centre
+        pts, mm3 = _image_corners(native), 0.0
+    lo, hi = _robust_extent(pts, mm3) if mm3 else (pts.min(axis=0), pts.max(axis=0))
+    if mask is not None:
+        brain, _ = _foreground_points(mask, sitk.GetArrayViewFromImage(mask) > 0)
+        if len(brain):
+            hi[2] = min(hi[2], brain[:, 2].max() + BRAIN_TO_VERTEX_MAX_MM)
+    centre = (lo + hi) / 2.0
+    if hi[2] - lo[2] > fov_mm - 2 * VERTEX_MARGIN_MM:  # too tall: keep the vertex, crop the neck
+        centre[2] = hi[2] + VERTEX_MARGIN_MM - fov_mm / 2.0
+    return centre
+
+
+def plan_model_grid(native: sitk.Image, grid: ModelGrid, mask: Optional[sitk.Image] = None) -> sitk.Image:
+    """Empty float32 reference image of the model grid, axis-aligned in LPS and centred on the head."""
+    if native.GetDimension() != 3:
+        raise ValueError("plan_model_grid needs a 3-D image")
+    centre = head_centre(native, grid.fov_mm, mask)
+    ref = sitk.Image([grid.size] * 3, sitk.sitkFloat32)
+    ref.SetSpacing([float(grid.spacing)] * 3)
+    ref.SetDirection(np.eye(3).ravel().tolist())
+    ref.SetOrigin((centre - (grid.size - 1) * grid.spacing / 2.0).tolist())
+    return ref
+
+
+def _resample(img: sitk.Image, onto: sitk.Image, interp: str, default: float) -> np.ndarray:
+    out = sitk.Resample(img, onto, sitk.Transform(), _interpolator(interp), float(default), sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(out)
+
+
+def to_model(img: sitk.Image, reference: sitk.Image, interp: str = "linear", default: float = 0.0) -> np.ndarray:
+    """``img`` resampled onto the model grid: float32 ``[z, y, x]``, ``default`` outside the scan."""
+    return _resample(img, reference, interp, default)
+
+
+def to_native(model_array: np.ndarray, reference: sitk.Image, native: sitk.Image, interp: str = "linear",
+              default: float = 0.0) -> np.ndarray:
+    """A model-grid array mapped back onto ``native``'s grid (float32 ``[z, y, x]``).
+
+    The inverse of ``to_model`` through physical space; native voxels outside the model FOV get
+    ``default``.
+    """
+    arr = np.asarray(model_array, dtype=np.float32)
+    expected = tuple(reversed(reference.GetSize()))
+    if arr.shape != expected:
+        raise ValueError(f"model array has shape {arr.shape}, the reference grid is {expected}")
+    model_img = sitk.GetImageFromArray(arr)
+    model_img.CopyInformation(reference)
+    return _resample(model_img, native, interp, default)
+
+
+def model_fov_mask(reference: sitk.Image, native: sitk.Image) -> np.ndarray:
+    """bool ``[z, y, x]`` on the native grid: True where a native voxel lies inside the model FOV."""
+    ones = np.ones(tuple(reversed(reference.GetSize())), np.float32)
+    return to_native(ones, reference, native, interp="nearest") > 0.5

@@ -1,0 +1,317 @@
+"""Reading, validating and writing head images.
+
+Every image enters the engine through ``read_image``, which turns each way a file can be
+unusable into one ``InputError`` line naming the file (the catalogue is ``docs/bad-input.md``),
+checks the header before any voxel is allocated, and returns only geometry + pixels: no
+metadata dictionary, so no header text (NIfTI ``descrip``, ``aux_file``, ``intent_name``,
+``db_name``, extensions; NRRD key/values; DICOM tags) can travel into an output.
+
+Every output leaves through ``write_image``: a temporary file in the target folder, renamed
+into place, so an interrupted run never leaves a partial file.
+
+Rules (also in docs/bad-input.md):
+
+* 4-D files with more than one volume are refused; extract one volume first. A 4-D file with a
+  single volume is read as 3-D.
+* NIfTI integer data with ``scl_slope``/``scl_inter``: the scaled values are the image (that is
+  what the NIfTI standard says the voxels mean). SimpleITK applies the scaling and returns
+  float32; we keep that, and outputs are written as float32.
+* Spacing with max/min > ``MAX_ANISOTROPY`` is refused: a head cut into 6 mm slabs has no face
+  geometry to remodel and the 1 mm model grid would invent it.
+* A physical extent under ``MIN_EXTENT_MM`` along any axis cannot hold a head.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Optional, Sequence, Union
+
+import numpy as np
+import SimpleITK as sitk
+
+from cpmae.errors import InputError, OutputError
+
+PathLike = Union[str, Path]
+
+READ_IO = {
+    ".nii.gz": "NiftiImageIO",
+    ".nii": "NiftiImageIO",
+    ".nrrd": "NrrdImageIO",
+    ".nhdr": "NrrdImageIO",
+    ".mha": "MetaImageIO",
+    ".mhd": "MetaImageIO",
+}
+WRITE_IO = {".nii.gz": "NiftiImageIO", ".nii": "NiftiImageIO", ".nrrd": "NrrdImageIO"}
+
+MAX_VOXELS = 2 ** 30  # a 1024³ volume; far beyond any head MRI
+MAX_RAM_FRACTION = 0.5  # never allocate more than half of the memory available now
+MAX_ANISOTROPY = 4.0  # max/min voxel spacing
+MIN_EXTENT_MM = 100.0  # smallest field of view (per axis) that can hold a head
+
+# What SimpleITK/ITK may write into NIfTI text fields; anything else in an output is a leak.
+NIFTI_DESCRIP = "cpmae"
+
+_SCALAR_TYPES = {
+    sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16, sitk.sitkUInt32, sitk.sitkInt32,
+    sitk.sitkUInt64, sitk.sitkInt64, sitk.sitkFloat32, sitk.sitkFloat64,
+}
+_PIXEL_BYTES = {
+    sitk.sitkUInt8: 1, sitk.sitkInt8: 1, sitk.sitkUInt16: 2, sitk.sitkInt16: 2, sitk.sitkUInt32: 4,
+    sitk.sitkInt32: 4, sitk.sitkUInt64: 8, sitk.sitkInt64: 8, sitk.sitkFloat32: 4, sitk.sitkFloat64: 8,
+}
+
+
+def image_extension(path: PathLike) -> str:
+    """The image extension of ``path`` (``.nii.gz`` counts as one), lower-case; '' if none known."""
+    name = Path(path).name.lower()
+    for ext in sorted(READ_IO, key=len, reverse=True):
+        if name.endswith(ext):
+            return ext
+    return Path(name).suffix
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_image(path: PathLike) -> sitk.Image:
+    """A validated 3-D scalar image from a NIfTI/NRRD/MHA file or a DICOM series folder."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError("file not found", path=path)
+    if path.is_dir():
+        img = _read_dicom_folder(path)
+    else:
+        img = _read_file(path)
+    _check_voxels(img, path)
+    for key in img.GetMetaDataKeys():  # geometry + pixels only: no header text travels on
+        img.EraseMetaData(key)
+    return img
+
+
+def _read_file(path: Path) -> sitk.Image:
+    ext = image_extension(path)
+    if ext not in READ_IO:
+        raise InputError(f"unsupported file type '{ext or path.name}'; use NIfTI (.nii, .nii.gz), NRRD "
+                         "(.nrrd, .nhdr), MetaImage (.mha, .mhd) or a DICOM series folder", path=path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.SetImageIO(READ_IO[ext])
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        raise InputError(f"cannot read the header: the file is corrupt or not a {_kind(ext)} file",
+                         path=path) from None
+    size = list(reader.GetSize())
+    _check_header(path, reader.GetDimension(), size, reader.GetSpacing(), reader.GetPixelID(),
+                  reader.GetNumberOfComponents())
+    if len(size) == 4:  # a single-volume 4-D file: read it as 3-D
+        reader.SetExtractIndex([0, 0, 0, 0])
+        reader.SetExtractSize(size[:3] + [0])
+    try:
+        img = reader.Execute()
+    except RuntimeError:
+        raise InputError(f"cannot read the voxels: the {_kind(ext)} file is truncated or corrupt",
+                         path=path) from None
+    return img
+
+
+def _kind(ext: str) -> str:
+    return {"NiftiImageIO": "NIfTI", "NrrdImageIO": "NRRD", "MetaImageIO": "MetaImage"}[READ_IO[ext]]
+
+
+def _read_dicom_folder(folder: Path) -> sitk.Image:
+    try:
+        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    except RuntimeError:
+        series = ()
+    if not series:
+        raise InputError("folder contains no DICOM series (give an image file or a DICOM series folder)",
+                         path=folder)
+    if len(series) > 1:
+        shown = ", ".join(series[:5]) + (", ..." if len(series) > 5 else "")
+        raise InputError(f"folder mixes {len(series)} DICOM series (SeriesInstanceUID {shown}); put one series "
+                         "per folder", path=folder)
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0])
+    first = sitk.ImageFileReader()
+    first.SetFileName(files[0])
+    try:
+        first.ReadImageInformation()
+    except RuntimeError:
+        raise InputError(f"cannot read DICOM header of {Path(files[0]).name}", path=folder) from None
+    size = list(first.GetSize()[:2]) + [len(files) * (first.GetSize()[2] if first.GetDimension() > 2 else 1)]
+    # slice spacing is only known after sorting the slices; checked again on the read image
+    _check_header(folder, 3, size, first.GetSpacing()[:2] + (first.GetSpacing()[0],), first.GetPixelID(),
+                  first.GetNumberOfComponents())
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    try:
+        return reader.Execute()
+    except RuntimeError as exc:
+        raise InputError(f"cannot read the DICOM series: {str(exc).strip().splitlines()[-1][:160]}",
+                         path=folder) from None
+
+
+def _check_header(path: Path, dimension: int, size: Sequence[int], spacing: Sequence[float], pixel_id: int,
+                  components: int) -> None:
+    """Refuse what the header alone shows to be unusable, before any voxel is allocated."""
+    if components != 1 or pixel_id not in _SCALAR_TYPES:
+        raise InputError(f"pixels have {components} components ({sitk.GetPixelIDValueAsString(pixel_id)}); "
+                         "a scalar (grey-level) MRI volume is needed", path=path)
+    if dimension == 4 and size[3] > 1:
+        raise InputError(f"4-D series with {size[3]} volumes; extract one volume first (e.g. `fslroi IN OUT 0 1`"
+                         " or nibabel: `img.slicer[..., 0]`)", path=path)
+    spatial = [int(s) for s in size[:3]]
+    if dimension < 3 or min(spatial) < 2:
+        raise InputError(f"2-D image (size {'x'.join(map(str, size))}); a 3-D head volume is needed", path=path)
+    if dimension > 4:
+        raise InputError(f"{dimension}-D image; a 3-D head volume is needed", path=path)
+    voxels = int(np.prod(spatial, dtype=np.int64))
+    nbytes = voxels * (_PIXEL_BYTES.get(pixel_id, 8) + 4)  # the file's type + one float32 working copy
+    available = available_memory_bytes()
+    if voxels > MAX_VOXELS or (available and nbytes > MAX_RAM_FRACTION * available):
+        raise InputError(f"volume of {'x'.join(map(str, spatial))} voxels ({nbytes / 2**30:.1f} GiB to load) is "
+                         f"larger than this tool accepts (at most {MAX_VOXELS} voxels and half of the "
+                         f"{available / 2**30:.1f} GiB of free memory)", path=path)
+    _check_spacing(path, spatial, spacing[:3])
+
+
+def _check_spacing(path: Path, size: Sequence[int], spacing: Sequence[float]) -> None:
+    spacing = [float(s) for s in spacing]
+    if min(spacing) <= 0 or not all(np.isfinite(spacing)):
+        raise InputError(f"invalid voxel spacing {tuple(spacing)}", path=path)
+    if max(spacing) / min(spacing) > MAX_ANISOTROPY:
+        raise InputError(f"voxel spacing {_mm(spacing)} mm is too anisotropic (max/min > {MAX_ANISOTROPY:g}): "
+                         "the face cannot be resolved; use a 3-D acquisition", path=path)
+    extent = [n * s for n, s in zip(size, spacing)]
+    if min(extent) < MIN_EXTENT_MM:
+        raise InputError(f"field of view {_mm(extent)} mm is too small to contain a head (needs "
+                         f">= {MIN_EXTENT_MM:g} mm on every axis)", path=path)
+
+
+def _check_voxels(img: sitk.Image, path: Path) -> None:
+    """Checks that need the voxels (or the final geometry of a DICOM series)."""
+    if img.GetDimension() != 3:
+        raise InputError(f"{img.GetDimension()}-D image; a 3-D head volume is needed", path=path)
+    _check_spacing(path, img.GetSize(), img.GetSpacing())
+    if img.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
+        arr = sitk.GetArrayViewFromImage(img)
+        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        if bad:
+            raise InputError(f"{bad} voxels are NaN or infinite; replace them (e.g. by 0) first", path=path)
+
+
+def available_memory_bytes() -> int:
+    """Memory available to a new allocation now (Linux MemAvailable, else physical pages); 0 if unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def _mm(values) -> str:
+    return "x".join(f"{v:g}" for v in values)
+
+
+# --------------------------------------------------------------------------- geometry helpers
+
+
+def copy_geometry(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    """A new image holding ``array`` (``[z, y, x]``) with ``reference``'s origin, spacing and direction."""
+    arr = np.asarray(array)
+    expected = tuple(reversed(reference.GetSize()))
+    if arr.shape != expected:
+        raise ValueError(f"array shape {arr.shape} does not match the reference grid {expected}")
+    img = sitk.GetImageFromArray(arr)
+    img.CopyInformation(reference)
+    return img
+
+
+def same_geometry(a: sitk.Image, b: sitk.Image, tol: float = 1e-4) -> bool:
+    """True when both images have the same size and, within ``tol``, spacing, origin and direction.
+
+    The default tolerance absorbs NIfTI's float32 storage of the affine (~1e-5 mm).
+    """
+    if a.GetSize() != b.GetSize():
+        return False
+    return (np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=0, atol=tol)
+            and np.allclose(a.GetOrigin(), b.GetOrigin(), rtol=0, atol=tol)
+            and np.allclose(a.GetDirection(), b.GetDirection(), rtol=0, atol=tol))
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def check_output_path(out: PathLike, inputs: Iterable[PathLike] = (), overwrite: bool = False) -> Path:
+    """Refuse an output that cannot be written safely, before any work is done.
+
+    Refused: unsupported extension, an existing file (unless ``overwrite``), the same file as an
+    input (even with ``overwrite``), a missing or non-folder parent, a folder we cannot create
+    files in (tested by creating one: ``os.access`` says yes to root on read-only mounts).
+    """
+    out = Path(out)
+    if image_extension(out) not in WRITE_IO:
+        raise OutputError("output must end in .nii.gz, .nii or .nrrd", path=out)
+    resolved = out.resolve()
+    for inp in inputs:
+        inp = Path(inp)
+        if resolved == inp.resolve() or (out.exists() and inp.exists() and os.path.samefile(out, inp)):
+            raise OutputError("output path is the input file; choose another output path", path=out)
+    if out.is_dir():
+        raise OutputError("output path is a folder; give a file name", path=out)
+    if out.exists() and not overwrite:
+        raise OutputError("output exists; pass --overwrite to replace it", path=out)
+    folder = resolved.parent
+    if not folder.exists():
+        raise OutputError(f"output folder {folder} does not exist", path=out)
+    if not folder.is_dir():
+        raise OutputError(f"{folder} is not a folder", path=out)
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".cpmae-write-test-")
+    except OSError as exc:
+        raise OutputError(f"cannot write in output folder {folder} ({exc.strerror or exc})", path=out) from None
+    os.close(fd)
+    os.unlink(probe)
+    return out
+
+
+def write_image(img: sitk.Image, path: PathLike, overwrite: bool = False) -> Path:
+    """Write ``img`` as NIfTI or NRRD (by extension), atomically, carrying no header text."""
+    path = check_output_path(path, overwrite=overwrite)
+    ext = image_extension(path)
+    clean = sitk.Image(img)
+    for key in clean.GetMetaDataKeys():
+        clean.EraseMetaData(key)
+    if WRITE_IO[ext] == "NiftiImageIO":
+        clean.SetMetaData("ITK_FileNotes", NIFTI_DESCRIP)  # becomes descrip: fixed, non-identifying
+    fd, tmp = tempfile.mkstemp(dir=path.resolve().parent, prefix=f".{path.name}.", suffix=f".tmp{ext}")
+    os.close(fd)
+    try:
+        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; an output is an ordinary file
+        writer = sitk.ImageFileWriter()
+        writer.SetImageIO(WRITE_IO[ext])
+        writer.SetFileName(tmp)
+        writer.SetUseCompression(ext in (".nii.gz", ".nrrd"))
+        try:
+            writer.Execute(clean)
+        except RuntimeError as exc:
+            raise OutputError(f"cannot write image: {str(exc).strip().splitlines()[-1][:160]}", path=path) from None
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
