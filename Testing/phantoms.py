@@ -26,7 +26,7 @@ def phantom_arrays(size: int = 64, seed: int = 0, nose: float = 1.0):
     img[head | nose_m | chin] = 600.0  # skin / fat: bright in T1
     img[skull & ~inner] = 150.0  # bone: dark
     img[inner & ~brain] = 250.0  # CSF
-    img[brain] = 450.0 + 120.0 * (np.sin(9 * x) * np.cos(7 * y) > 0)  # GM/WM pattern
+    img[brain] = (450.0 + 120.0 * (np.sin(9 * x) * np.cos(7 * y) > 0))[brain]  # GM/WM pattern
     img += rng.normal(0, 8, img.shape).astype(np.float32) * (img > 0)
     return np.clip(img, 0, None), brain.astype(np.uint8)
 
