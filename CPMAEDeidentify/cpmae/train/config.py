@@ -1,0 +1,149 @@
+"""Training settings: one flat, documented record, loaded from YAML and overridden by flags.
+
+A researcher edits a YAML file (``cpmae/configs/*.yaml`` are the presets), the command line
+overrides single keys, and the merged result is written next to every checkpoint so that any
+run can be reproduced or resumed from its own folder alone.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import yaml
+
+from cpmae.errors import InputError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs besides its output folder."""
+
+    task: str = "tokenizer"  # tokenizer | prior
+    part: str = "nonbrain"  # tokenizer only: brain (B·x) | nonbrain ((1-B)·x)
+    resolution: int = 256  # model grid: 128 (2 mm) | 256 (1 mm)
+    # optimisation
+    steps: int = 1000
+    batch_size: int = 1  # global batch; split evenly over DDP ranks
+    lr: float = 2e-4
+    min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio
+    warmup_steps: int = 50
+    schedule: str = "cosine"  # cosine | linear | constant (after linear warm-up)
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # max global L2 norm; 0 disables
+    # tokenizer data and loss
+    crop: int = 128  # cube side of training crops on the model grid (0 = whole volume)
+    face_bias: float = 0.8  # nonbrain: share of crops centred on non-brain head tissue
+    flip_prob: float = 0.5  # left-right flip augmentation
+    ssim_weight: float = 0.5  # loss = L1 + ssim_weight * (1 - SSIM3D)
+    # prior
+    clean_weight: float = 0.3  # Paella v3 loss weight of tokens that were not replaced
+    brain_tokenizer: str = ""  # run folder or weights bundle, for on-the-fly token pairs
+    nonbrain_tokenizer: str = ""
+    # data: "cohort" (the generated cohort) or a folder written by `cpmae prepare` / `cpmae encode`
+    data: str = "cohort"
+    cohort_seed: int = 0
+    cohort_size: int = 64  # distinct training subjects (generated or first N prepared cases)
+    cache_subjects: int = 4  # generated subjects kept in memory
+    val_subjects: int = 2  # held-out subjects, never trained on
+    # model overrides (keys of TokenizerConfig / PriorConfig)
+    model: Dict[str, Any] = field(default_factory=dict)
+    # bookkeeping
+    seed: int = 0
+    log_every: int = 1
+    val_every: int = 100  # 0 disables validation
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    max_minutes: float = 0.0  # wall-time budget; 0 = none. The run stops cleanly and checkpoints.
+    # speed
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    compile: bool = False
+    activation_checkpointing: bool = False
+    channels_last: bool = False
+    threads: int = 0  # torch intra-op threads; 0 = leave torch's default
+
+    def validate(self, path: Optional[Path] = None) -> "TrainConfig":
+        """Reject settings that cannot work, with one clear line."""
+        def bad(msg):
+            raise InputError(msg, path=path)
+
+        if self.task not in ("tokenizer", "prior"):
+            bad(f"task must be tokenizer or prior, not {self.task!r}")
+        if self.part not in ("brain", "nonbrain"):
+            bad(f"part must be brain or nonbrain, not {self.part!r}")
+        if self.resolution not in (128, 256):
+            bad(f"resolution must be 128 or 256, not {self.resolution}")
+        if self.steps < 0 or self.batch_size < 1:
+            bad("steps must be >= 0 and batch_size >= 1")
+        if self.schedule not in ("cosine", "linear", "constant"):
+            bad(f"schedule must be cosine, linear or constant, not {self.schedule!r}")
+        if self.precision not in ("fp32", "bf16"):
+            bad(f"precision must be fp32 or bf16, not {self.precision!r}")
+        if self.crop < 0 or self.crop > self.resolution:
+            bad(f"crop must be between 0 and the resolution ({self.resolution}), not {self.crop}")
+        if self.cohort_size < 1:
+            bad("cohort_size must be >= 1")
+        return self
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any], path: Optional[Path] = None) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise InputError(f"unknown training setting(s): {', '.join(unknown)}", path=path)
+        return cls(**d).validate(path)
+
+    def save(self, path: Path) -> None:
+        """Write the config as YAML (atomically: temp file in the same folder, then rename)."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        tmp.replace(path)
+
+
+def preset_path(task: str, resolution: int) -> Path:
+    """The shipped default config for a task and grid, e.g. ``configs/tokenizer-256.yaml``."""
+    return CONFIG_DIR / f"{task}-{resolution}.yaml"
+
+
+def read_yaml(path: Path) -> Dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("config file not found", path=path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise InputError(f"not valid YAML ({str(exc).splitlines()[0]})", path=path) from None
+    if not isinstance(data, dict):
+        raise InputError("config must be a mapping of setting: value", path=path)
+    return data
+
+
+def resolve_config(task: str, overrides: Dict[str, Any], config_file: Optional[Path] = None) -> TrainConfig:
+    """Defaults < shipped preset for (task, resolution) < ``config_file`` < command-line flags.
+
+    ``overrides`` holds only the flags the user actually gave (None values are ignored).
+    """
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    merged: Dict[str, Any] = {"task": task}
+    user = read_yaml(config_file) if config_file else {}
+    resolution = overrides.get("resolution", user.get("resolution", TrainConfig.resolution))
+    preset = preset_path(task, int(resolution))
+    if preset.is_file():
+        merged.update(read_yaml(preset))
+    merged.update(user)
+    model = dict(merged.get("model") or {})
+    model.update(overrides.pop("model", {}) or {})
+    merged.update(overrides)
+    merged["model"] = model
+    merged["task"] = task
+    return TrainConfig.from_dict(merged, path=config_file)

