@@ -1,0 +1,508 @@
+"""Fault-tolerant batch de-identification of a folder or a BIDS dataset.
+
+What a data manager needs from a run over thousands of scans, and how it is provided:
+
+* **nothing half-written**: each case is produced in ``OUT_DIR/.cpmae-staging/<case>/`` and
+  its finished files are renamed into place; a kill at any moment leaves complete files only;
+* **resume**: a JSON-lines manifest gets a ``started`` record before a case and an ``ok`` /
+  ``failed`` record after it (appended and fsync'ed); a rerun skips ``ok`` cases, retries the
+  rest, and redoes a case killed mid-way (its ``started`` record proves the files are ours);
+  a case that was interrupted ``max_attempts`` times in a row is reported failed instead of
+  being retried forever (a file that crashes the process must not block the batch);
+* **one bad case never stops the batch**: it is recorded with its one-line error and skipped;
+  the exit code is ``min(failed, 100)`` (see ``exit_code``);
+* **sharding**: ``shard=(i, n)`` keeps the cases whose id hashes to ``i`` (``pseudonym.shard_of``);
+  each shard writes its own manifest, so array tasks on a cluster never share a file;
+* **privacy**: sidecars are scrubbed (``cpmae.sidecar``), provenance records hold nothing from the
+  input (``cpmae.provenance``), seeds come from a keyed subject pseudonym (``cpmae.pseudonym``).
+
+The per-case work is an injectable callable (``process_case``) so that the machinery is tested
+in milliseconds; the default (``PipelineWorker``) calls ``cpmae.pipeline.deidentify_file``.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+
+from cpmae import __version__
+from cpmae.atomic import remove_stale_temps, write_text_atomic
+from cpmae.errors import Cancelled, CPMAEError, InputError, OutputError, WeightsError
+from cpmae.progress import Reporter
+from cpmae.provenance import file_sha256, provenance_path, write_provenance
+from cpmae.pseudonym import resolve_key, seed_for_subject, shard_of, subject_of
+from cpmae.sidecar import write_scrubbed_sidecar
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+#: outputs keep the input's format where ``cpmae.io.write_image`` can write it, else become NRRD
+OUTPUT_SUFFIX = {".nii.gz": ".nii.gz", ".nii": ".nii", ".nrrd": ".nrrd", ".nhdr": ".nrrd", ".mha": ".nrrd",
+                 ".mhd": ".nrrd"}
+#: BIDS anatomical files that are masks or maps, not heads with faces
+SKIP_NAME_PARTS = ("_defacemask", "_mask", "_dseg", "_probseg")
+LOG_DIR = "logs"
+STAGING_DIR = ".cpmae-staging"
+MAX_EXIT_FAILED = 100
+EXIT_BATCH_ERROR = 101  # the batch could not run at all (see docs/batch.md)
+
+ProcessCase = Callable[..., Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One input image and where its de-identified copy goes."""
+
+    case_id: str  # input path relative to IN_DIR (posix): stable id for sharding and the manifest
+    in_path: Path
+    out_rel: str  # output path relative to OUT_DIR
+    sidecar: Optional[Path]
+    subject: str
+
+    @property
+    def key(self) -> str:
+        """File-name-safe form of ``case_id`` for logs and staging folders."""
+        return self.case_id.replace("/", "__")
+
+
+@dataclass
+class BatchSummary:
+    layout: str
+    total: int  # cases in this shard
+    ok: int = 0  # finished in this run
+    already_done: int = 0  # ok in the manifest before this run
+    failed: List[Tuple[str, str]] = field(default_factory=list)  # (case_id, error)
+    manifest: Optional[Path] = None
+
+    @property
+    def exit_code(self) -> int:
+        return exit_code(len(self.failed))
+
+
+def exit_code(n_failed: int) -> int:
+    """0 when every case is ok, else the number of failed cases capped at 100."""
+    return min(int(n_failed), MAX_EXIT_FAILED)
+
+
+# --------------------------------------------------------------------------- discovery
+def _strip_image_suffix(name: str) -> Optional[str]:
+    low = name.lower()
+    for suf in IMAGE_SUFFIXES:
+        if low.endswith(suf):
+            return name[: -len(suf)]
+    return None
+
+
+def _output_rel(rel: str) -> str:
+    low = rel.lower()
+    for suf in IMAGE_SUFFIXES:
+        if low.endswith(suf):
+            return rel[: -len(suf)] + OUTPUT_SUFFIX[suf]
+    return rel
+
+
+def _sidecar_of(path: Path) -> Optional[Path]:
+    stem = _strip_image_suffix(path.name)
+    cand = path.with_name(f"{stem}.json") if stem else None
+    return cand if cand is not None and cand.is_file() else None
+
+
+def is_bids(in_dir: Path) -> bool:
+    """A BIDS dataset has a dataset_description.json or ``sub-*`` folders at its root."""
+    return (in_dir / "dataset_description.json").is_file() or any(
+        p.is_dir() for p in in_dir.glob("sub-*"))
+
+
+def discover_cases(in_dir: Union[str, Path]) -> Tuple[str, List[Case]]:
+    """(layout, cases sorted by id): BIDS anatomical images, or the image files of a flat folder."""
+    in_dir = Path(in_dir)
+    if not in_dir.exists():
+        raise InputError("input folder does not exist", path=in_dir)
+    if not in_dir.is_dir():
+        raise InputError("input is not a folder (use `cpmae deidentify` for one file)", path=in_dir)
+    layout = "bids" if is_bids(in_dir) else "flat"
+    if layout == "bids":
+        candidates: Iterable[Path] = list(in_dir.glob("sub-*/anat/*")) + list(in_dir.glob("sub-*/ses-*/anat/*"))
+    else:
+        candidates = in_dir.iterdir()
+    cases = []
+    for p in candidates:
+        if p.name.startswith(".") or not p.is_file() or _strip_image_suffix(p.name) is None:
+            continue
+        if layout == "bids" and any(part in p.name for part in SKIP_NAME_PARTS):
+            continue
+        rel = p.relative_to(in_dir).as_posix()
+        cases.append(Case(rel, p, _output_rel(rel), _sidecar_of(p), subject_of(rel)))
+    cases.sort(key=lambda c: c.case_id)
+    if not cases:
+        what = "sub-*/[ses-*/]anat/*" if layout == "bids" else "*"
+        raise InputError(f"no images found (looked for {what} with {', '.join(IMAGE_SUFFIXES)})", path=in_dir)
+    return layout, cases
+
+
+def select_shard(cases: List[Case], shard: Optional[Tuple[int, int]]) -> List[Case]:
+    """The cases of shard ``(i, n)``; all cases when ``shard`` is None."""
+    if shard is None:
+        return list(cases)
+    i, n = shard
+    return [c for c in cases if shard_of(c.case_id, n) == i]
+
+
+# --------------------------------------------------------------------------- manifest
+def _utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def manifest_name(shard: Optional[Tuple[int, int]]) -> str:
+    return "manifest.jsonl" if shard is None else f"manifest-shard-{shard[0]}of{shard[1]}.jsonl"
+
+
+def read_manifests(log_dir: Path) -> List[Dict[str, Any]]:
+    """Every record of every shard's manifest; a line cut by a kill is ignored."""
+    records = []
+    for path in sorted(log_dir.glob("manifest*.jsonl")):
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(rec, dict) and "case" in rec and "status" in rec:
+                    records.append(rec)
+    return records
+
+
+class Manifest:
+    """Append-only JSON-lines file, one record per event, fsync'ed; locked against a second writer."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(path, "a+b")
+        try:
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._fh.close()
+            raise OutputError("another deidentify-batch run is writing this manifest "
+                              "(same OUT_DIR and shard); wait for it or use another shard", path=path) from None
+        self._fh.seek(0, os.SEEK_END)
+        if self._fh.tell() > 0:  # a kill may have cut the last line: start on a fresh one
+            self._fh.seek(-1, os.SEEK_END)
+            if self._fh.read(1) != b"\n":
+                self._write(b"\n")
+
+    def _write(self, data: bytes) -> None:
+        self._fh.seek(0, os.SEEK_END)
+        self._fh.write(data)
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def append(self, record: Mapping[str, Any]) -> None:
+        self._write((json.dumps(record, sort_keys=False) + "\n").encode("utf-8"))
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+@dataclass
+class CaseHistory:
+    """What earlier runs recorded about one case."""
+
+    ok: Optional[Dict[str, Any]] = None  # latest ok record
+    started: bool = False  # some run began this case (so files at its output are ours)
+    interrupted_in_a_row: int = 0  # trailing started records with no outcome after them
+
+
+def case_histories(records: Iterable[Mapping[str, Any]]) -> Dict[str, CaseHistory]:
+    hist: Dict[str, CaseHistory] = {}
+    for rec in records:
+        h = hist.setdefault(rec["case"], CaseHistory())
+        status = rec["status"]
+        if status == "started":
+            h.started = True
+            h.interrupted_in_a_row += 1
+        elif status == "ok":
+            h.ok, h.interrupted_in_a_row = dict(rec), 0
+        elif status in ("failed", "cancelled"):
+            h.interrupted_in_a_row = 0
+    return hist
+
+
+# --------------------------------------------------------------------------- the default worker
+class PipelineWorker:
+    """De-identifies one file with ``cpmae.pipeline``; loads the weights once for the whole batch."""
+
+    def __init__(self):
+        self._bundle = None
+        self._bundle_key = None
+
+    def __call__(self, in_path: Path, out_path: Path, *, seed: int, resolution: int, weights: Optional[str],
+                 steps: Optional[int], device: str, reporter: Reporter) -> Mapping[str, Any]:
+        from cpmae.pipeline import deidentify_file, pick_device
+        from cpmae.weights import load_bundle
+
+        key = (weights, resolution, device)
+        if self._bundle is None or self._bundle_key != key:
+            with reporter.stage("load weights"):
+                self._bundle = load_bundle(weights, resolution, pick_device(device))
+            self._bundle_key = key
+        result = deidentify_file(in_path, out_path, weights=weights, resolution=resolution, steps=steps,
+                                 seed=seed, device=device, overwrite=False, reporter=reporter,
+                                 bundle=self._bundle, provenance=False)
+        return dict(result.info)
+
+
+# --------------------------------------------------------------------------- the run
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _case_outputs(out_dir: Path, case: Case) -> List[Path]:
+    """Every file the batch places for a case (image, provenance, sidecar)."""
+    out = out_dir / case.out_rel
+    files = [out, provenance_path(out)]
+    if case.sidecar is not None:
+        files.append(out.with_name(case.sidecar.name))
+    return files
+
+
+def _write_dataset_description(in_dir: Path, out_dir: Path) -> None:
+    """A derivative dataset_description.json (only the BIDS version is taken from the input)."""
+    target = out_dir / "dataset_description.json"
+    if target.exists():
+        return
+    bids_version = "1.9.0"
+    try:
+        src = json.loads((in_dir / "dataset_description.json").read_text(encoding="utf-8"))
+        if isinstance(src.get("BIDSVersion"), str) and len(src["BIDSVersion"]) < 16:
+            bids_version = src["BIDSVersion"]
+    except (OSError, ValueError, AttributeError):
+        pass
+    desc = {
+        "Name": "cpmae de-identified images (face remodeled, brain unchanged)",
+        "BIDSVersion": bids_version,
+        "DatasetType": "derivative",
+        "GeneratedBy": [{
+            "Name": "cpmae",
+            "Version": __version__,
+            "Description": "CP-MAE learned face remodeling; sidecars scrubbed of identifying fields",
+        }],
+    }
+    write_text_atomic(target, json.dumps(desc, indent=2) + "\n")
+    ignore = out_dir / ".bidsignore"
+    if not ignore.exists():
+        write_text_atomic(ignore, f"{LOG_DIR}/\n*.provenance.json\n")
+
+
+class _SigtermAsInterrupt:
+    """Turn SIGTERM (schedulers' time limit, the Slicer panel's cancel) into KeyboardInterrupt."""
+
+    def __enter__(self):
+        self._old = None
+        if threading.current_thread() is threading.main_thread():
+            def handler(signum, frame):
+                raise KeyboardInterrupt
+            self._old = signal.signal(signal.SIGTERM, handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+        return False
+
+
+def _check_settings_consistent(histories: Mapping[str, CaseHistory], seed_key_tag: str, resolution: int,
+                               out_dir: Path) -> None:
+    for case_id, h in histories.items():
+        if h.ok is None:
+            continue
+        if h.ok.get("resolution") != resolution or h.ok.get("seed_key") != seed_key_tag:
+            raise InputError(
+                f"already holds outputs made with other settings (case {case_id}: resolution "
+                f"{h.ok.get('resolution')}, different seed or pseudonym key); use a new output folder "
+                "or --overwrite", path=out_dir)
+
+
+def run_batch(in_dir: Union[str, Path], out_dir: Union[str, Path], *, resolution: int = 256,
+              weights: Optional[str] = None, seed: int = 0, steps: Optional[int] = None,
+              device: str = "auto", shard: Optional[Tuple[int, int]] = None, overwrite: bool = False,
+              pseudonym_key: Optional[str] = None, max_attempts: int = 2,
+              reporter: Optional[Reporter] = None,
+              process_case: Optional[ProcessCase] = None) -> BatchSummary:
+    """De-identify every case of ``in_dir`` (this shard's share) into ``out_dir``; never raises for one case."""
+    in_dir, out_dir = Path(in_dir).absolute(), Path(out_dir).absolute()
+    reporter = reporter or Reporter("none")
+    process_case = process_case or PipelineWorker()
+    layout, all_cases = discover_cases(in_dir)
+    if out_dir.resolve() == in_dir.resolve():
+        raise OutputError("output folder is the input folder; the originals would be overwritten", path=out_dir)
+    cases = select_shard(all_cases, shard)
+    key = resolve_key(pseudonym_key, seed)
+    # records store which key made a seed without revealing it (a hash of a hash of the key)
+    seed_key_tag = seed_for_subject("cpmae-key-check", key) & 0xFFFFFFFF
+
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        log_dir = out_dir / LOG_DIR
+        (log_dir / "cases").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the output folder ({exc.strerror or exc})", path=out_dir) from None
+    if not os.access(out_dir, os.W_OK):
+        raise OutputError("output folder is not writable", path=out_dir)
+
+    manifest = Manifest(log_dir / manifest_name(shard))
+    try:
+        histories = case_histories(read_manifests(log_dir))
+        if not overwrite:
+            _check_settings_consistent(histories, seed_key_tag, resolution, out_dir)
+        if layout == "bids":
+            _write_dataset_description(in_dir, out_dir)
+        summary = BatchSummary(layout=layout, total=len(cases), manifest=manifest.path)
+        common = dict(resolution=resolution, weights=weights, steps=steps, device=device)
+        with _SigtermAsInterrupt(), reporter.stage("cases", total=len(cases)) as bar:
+            for case in cases:
+                _run_one(case, in_dir, out_dir, histories.get(case.case_id, CaseHistory()), manifest,
+                         summary, seed_for_subject(case.subject, key), seed_key_tag, overwrite,
+                         max_attempts, shard, process_case, common, reporter)
+                bar.advance()
+        _write_summary(log_dir, shard, summary)
+        staging = out_dir / STAGING_DIR
+        try:
+            staging.rmdir()  # only when empty: other shards may still be working
+        except OSError:
+            pass
+        return summary
+    finally:
+        manifest.close()
+
+
+def _write_summary(log_dir: Path, shard, summary: BatchSummary) -> None:
+    name = "summary.json" if shard is None else f"summary-shard-{shard[0]}of{shard[1]}.json"
+    write_text_atomic(log_dir / name, json.dumps({
+        "layout": summary.layout, "cases": summary.total, "ok_this_run": summary.ok,
+        "already_done": summary.already_done, "failed": len(summary.failed),
+        "failed_cases": [{"case": c, "error": e} for c, e in summary.failed],
+        "exit_code": summary.exit_code, "finished_utc": _utc_now(),
+    }, indent=2) + "\n")
+
+
+def _run_one(case: Case, in_dir: Path, out_dir: Path, hist: CaseHistory, manifest: Manifest,
+             summary: BatchSummary, seed: int, seed_key_tag: int, overwrite: bool, max_attempts: int,
+             shard, process_case: ProcessCase, common: Mapping[str, Any], reporter: Reporter) -> None:
+    outputs = _case_outputs(out_dir, case)
+    final_image = outputs[0]
+    base = {"case": case.case_id, "output": case.out_rel, "seed": seed, "seed_key": seed_key_tag,
+            "resolution": common["resolution"], "shard": None if shard is None else f"{shard[0]}/{shard[1]}"}
+
+    if hist.ok is not None and not overwrite and final_image.is_file():
+        summary.already_done += 1
+        return
+
+    def fail(error: str, seconds: float = 0.0, **extra) -> None:
+        manifest.append({**base, "status": "failed", "error": error, "seconds": round(seconds, 3),
+                         "time": _utc_now(), **extra})
+        summary.failed.append((case.case_id, error))
+        reporter.log(f"{case.case_id}: FAILED: {error}")
+
+    if hist.interrupted_in_a_row >= max_attempts:
+        fail(f"interrupted {hist.interrupted_in_a_row} times mid-case (killed, or the process crashed on "
+             f"this file); not retried again (raise --max-attempts to retry)")
+        return
+    ours = hist.started or overwrite
+    existing = [p for p in outputs if p.exists()]
+    if existing and not ours:
+        fail(str(OutputError("output exists and was not made by this batch (use --overwrite)", path=existing[0])))
+        return
+
+    staging = out_dir / STAGING_DIR / case.key
+    log_path = out_dir / LOG_DIR / "cases" / f"{case.key}.log"
+    manifest.append({**base, "status": "started", "time": _utc_now(), "host": socket.gethostname(),
+                     "pid": os.getpid()})
+    t0 = time.perf_counter()
+    moved: List[Path] = []
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write(f"=== {_utc_now()} start {case.case_id} seed={seed} resolution={common['resolution']} "
+                  f"cpmae {__version__}\n")
+        log.flush()
+        case_reporter = Reporter("json", json_stream=log)
+        try:
+            if staging.exists():
+                shutil.rmtree(staging)
+            staging.mkdir(parents=True)
+            input_sha = file_sha256(case.in_path) if case.in_path.is_file() else None
+            if input_sha is None:
+                raise InputError("input file disappeared", path=case.in_path)
+            staged_image = staging / final_image.name
+            info = dict(process_case(case.in_path, staged_image, seed=seed, reporter=case_reporter, **common) or {})
+            if not staged_image.is_file() or staged_image.stat().st_size == 0:
+                raise OutputError("the pipeline reported success but wrote no output", path=final_image)
+            rec = write_provenance(staged_image, info, seed)
+            staged = [(staged_image, final_image), (provenance_path(staged_image), outputs[1])]
+            if case.sidecar is not None:
+                dropped = write_scrubbed_sidecar(case.sidecar, staging / case.sidecar.name)
+                staged.append((staging / case.sidecar.name, outputs[2]))
+                log.write(f"sidecar: dropped {len(dropped)} identifying fields: {', '.join(dropped)}\n")
+            for src, dst in staged:
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                remove_stale_temps(dst.parent)
+                os.replace(src, dst)
+                moved.append(dst)
+            _fsync_dir(final_image.parent)
+            seconds = time.perf_counter() - t0
+            manifest.append({**base, "status": "ok", "error": None, "input_sha256": input_sha,
+                             "output_sha256": rec["output_sha256"], "weights_sha256": info.get("weights_sha256"),
+                             "steps": info.get("steps"), "changed_voxels": info.get("changed_voxels"),
+                             "seconds": round(seconds, 3), "time": _utc_now(), "version": __version__})
+            summary.ok += 1
+            log.write(f"=== ok in {seconds:.2f} s; timings {json.dumps(case_reporter.timings)}\n")
+            reporter.log(f"{case.case_id}: ok ({seconds:.1f} s)")
+        except KeyboardInterrupt:
+            log.write(f"=== cancelled after {time.perf_counter() - t0:.2f} s\n")
+            manifest.append({**base, "status": "cancelled", "error": "cancelled", "time": _utc_now()})
+            _undo(moved)
+            raise Cancelled("batch cancelled; rerun the same command to finish the remaining cases") from None
+        except WeightsError as exc:
+            # every later case would fail the same way: record it and stop the batch
+            log.write(f"=== failed: {exc}\n")
+            _undo(moved)
+            fail(str(exc), time.perf_counter() - t0)
+            raise
+        except CPMAEError as exc:
+            log.write(f"=== failed: {exc}\n")
+            _undo(moved)
+            fail(str(exc), time.perf_counter() - t0)
+        except Exception as exc:  # a bug or a library failure on this file: keep going, keep the trace
+            log.write(traceback.format_exc())
+            log.write(f"=== failed (internal error)\n")
+            _undo(moved)
+            first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+            fail(f"{case.in_path}: internal error {exc.__class__.__name__}: {first_line} "
+                 f"(traceback in {log_path.relative_to(out_dir)})", time.perf_counter() - t0)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _undo(moved: List[Path]) -> None:
+    """Remove the files of a case that failed half-way through being placed (they are ours)."""
+    for p in moved:
+        try:
+            p.unlink()
+        except OSError:
+            pass
