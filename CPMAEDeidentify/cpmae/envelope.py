@@ -1,0 +1,170 @@
+"""The head as a solid, and CP-GAN's convex-hull head envelope.
+
+CP-GAN's privacy transform replaces the head by its convex hull: the hull keeps the metric
+extent of the head (a weak cue the remodeled face must respect) while smoothing away eyes,
+nose and mouth. The same hull later suppresses noise that a decoder paints into the air.
+
+CP-GAN approximates the hull by ray casting at random rotations; here it is exact and
+deterministic. Every vertex of the hull of a voxel set is the first or last foreground voxel of
+some x-row, so the hull is built from those row extremes only (tens of thousands of points,
+not millions), and because the hull is convex each x-row meets it in a single interval, so the
+volume is filled by evaluating the hull's half-spaces once per row instead of once per voxel.
+
+``head_mask`` is the "head" of the face-present metrics: the largest connected foreground
+component, with enclosed cavities (ventricles, sinuses cut off from the air) filled.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+from scipy import ndimage as ndi
+from scipy.spatial import ConvexHull, QhullError
+
+from cpmae.errors import InputError
+
+HISTOGRAM_BINS = 256
+OTSU_SUBSAMPLE = 2  # every 2nd voxel per axis is plenty for a 256-bin histogram
+HALFSPACE_TOLERANCE = 1e-3  # voxels; hull vertices are voxel centres, keep them inside
+
+
+def foreground_threshold(array: np.ndarray) -> float:
+    """Intensity separating air from head: Otsu's threshold over the whole volume.
+
+    Air and head tissue are the two dominant classes of any head scan, so Otsu lands near the
+    middle of the skin's partial-volume ramp, whatever the scanner's intensity unit.
+    """
+    v = np.asarray(array)[::OTSU_SUBSAMPLE, ::OTSU_SUBSAMPLE, ::OTSU_SUBSAMPLE]
+    v = v[np.isfinite(v)].astype(np.float64, copy=False)
+    if v.size == 0:
+        return 0.0
+    lo, hi = float(v.min()), float(v.max())
+    if hi <= lo:
+        return lo
+    hist, edges = np.histogram(v, bins=HISTOGRAM_BINS, range=(lo, hi))
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    w0 = np.cumsum(hist).astype(np.float64)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centres)
+    mean0 = m0 / np.maximum(w0, 1)
+    mean1 = (m0[-1] - m0) / np.maximum(w1, 1)
+    between = w0 * w1 * (mean0 - mean1) ** 2
+    return float(edges[int(np.argmax(between[:-1])) + 1])
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 6-connected component of a boolean mask (empty in, empty out)."""
+    labels, n = ndi.label(mask)
+    if n <= 1:
+        return labels > 0
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    sizes[0] = 0
+    return labels == int(np.argmax(sizes))
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``mask`` plus every background region that does not reach the volume's border.
+
+    Same result as ``scipy.ndimage.binary_fill_holes`` (6-connected background) with one
+    labelling pass instead of an iterated dilation: ~5x faster on a 256³ head.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    labels, n = ndi.label(~mask)
+    if n == 0:
+        return mask.copy()
+    reaches_border = np.zeros(n + 1, dtype=bool)
+    for axis in range(3):
+        for index in (0, -1):
+            reaches_border[np.take(labels, index, axis=axis)] = True
+    reaches_border[0] = True  # label 0 is the mask itself
+    return mask | ~reaches_border[labels]
+
+
+def _foreground(array: np.ndarray, threshold: Optional[float]) -> np.ndarray:
+    arr = np.asarray(array)
+    if arr.ndim != 3:
+        raise InputError(f"expected a 3D volume, got an array of shape {arr.shape}")
+    thr = foreground_threshold(arr) if threshold is None else float(threshold)
+    return largest_component(arr > thr)
+
+
+def head_mask(array: np.ndarray, threshold: Optional[float] = None) -> np.ndarray:
+    """Solid head: largest connected foreground component with enclosed holes filled.
+
+    ``threshold`` is in the array's intensity unit; by default ``foreground_threshold``.
+    """
+    return fill_holes(_foreground(array, threshold))
+
+
+def _row_extremes(mask: np.ndarray) -> np.ndarray:
+    """First and last foreground voxel of every x-row, as (z, y, x) index points."""
+    has = mask.any(axis=2)
+    zz, yy = np.nonzero(has)
+    first = mask.argmax(axis=2)[zz, yy]
+    last = mask.shape[2] - 1 - mask[:, :, ::-1].argmax(axis=2)[zz, yy]
+    lo = np.stack([zz, yy, first], axis=1)
+    hi = np.stack([zz, yy, last], axis=1)
+    return np.unique(np.concatenate([lo, hi]), axis=0).astype(np.float64)
+
+
+def hull_of_mask(mask: np.ndarray) -> np.ndarray:
+    """Filled convex hull (in index space) of the voxel centres of a boolean mask.
+
+    Convexity is preserved by the index-to-physical affine map, so the index-space hull is the
+    physical hull whatever the spacing. Degenerate masks (a plane, a line) fall back to the
+    mask's bounding box, which is what a hull of such a thin set amounts to on a voxel grid.
+    """
+    out = np.zeros(mask.shape, dtype=bool)
+    if not mask.any():
+        return out
+    points = _row_extremes(mask)
+    try:
+        hull = ConvexHull(points)
+    except (QhullError, ValueError):
+        lo = points.min(axis=0).astype(int)
+        hi = points.max(axis=0).astype(int) + 1
+        out[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = True
+        return out
+    _fill_slices(out, hull)
+    return out
+
+
+def _fill_slices(out: np.ndarray, hull: ConvexHull) -> None:
+    """Set out[z, y, x] inside the hull, one z-slice at a time.
+
+    A slice of a convex polytope is the convex polygon bounded by the facets that cross the
+    slice, so each slice only tests the few facets whose z-range covers it, and each x-row of the
+    slice meets the polygon in one interval [lower, upper] (qhull: inside <=> a.p + b <= 0).
+    """
+    nx = out.shape[2]
+    planes = hull.equations  # [F, 4] over (z, y, x, 1), outward unit normals
+    corner_z = hull.points[hull.simplices, 0]  # [F, 3]
+    f_zmin, f_zmax = corner_z.min(axis=1), corner_z.max(axis=1)
+    y_lo, y_hi = int(hull.min_bound[1]), int(hull.max_bound[1])
+    ys = np.arange(y_lo, y_hi + 1, dtype=np.float64)
+    x_index = np.arange(nx, dtype=np.float64)
+    tol = HALFSPACE_TOLERANCE
+    for z in range(int(hull.min_bound[0]), int(hull.max_bound[0]) + 1):
+        crossing = (f_zmin <= z + tol) & (f_zmax >= z - tol)
+        a_z, a_y, a_x, off = planes[crossing].T
+        # per row and facet: a_x * x + rest <= tol
+        rest = (off + a_z * z)[None, :] + ys[:, None] * a_y[None, :]
+        bound = (tol - rest) / np.where(np.abs(a_x) > 1e-12, a_x, 1.0)[None, :]
+        upper = np.where(a_x > 1e-12, bound, np.inf).min(axis=1)
+        lower = np.where(a_x < -1e-12, bound, -np.inf).max(axis=1)
+        flat_ok = ~np.where(np.abs(a_x) <= 1e-12, rest > tol, False).any(axis=1)
+        upper = np.where(flat_ok, upper, -np.inf)
+        out[z, y_lo:y_hi + 1, :] = (x_index >= lower[:, None]) & (x_index <= upper[:, None])
+
+
+def head_envelope(array: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0),
+                  threshold: Optional[float] = None) -> np.ndarray:
+    """CP-GAN's head envelope: the filled convex hull of the head foreground, bool [z, y, x].
+
+    ``spacing`` (x, y, z in mm, SimpleITK order) is accepted for API symmetry with the rest of
+    the engine; the hull of a voxel set does not depend on it because scaling preserves
+    convexity. ``threshold`` as in ``head_mask``.
+    """
+    if len(tuple(spacing)) != 3 or min(float(s) for s in spacing) <= 0:
+        raise InputError(f"spacing must be three positive numbers, got {tuple(spacing)}")
+    return hull_of_mask(_foreground(array, threshold))

@@ -1,0 +1,321 @@
+"""Offscreen face renderings of a head MRI: the pictures a re-identification attack works on.
+
+Every head is first resampled into the canonical frame (axis-aligned LPS, ``RENDER_SPACING_MM``
+voxels), so the cameras are fixed whatever the scanner's orientation: *frontal* looks at the
+face from the front (camera at anterior = -y, superior up), *profile* from the subject's right
+side (camera at -x, face to the image's right). The projection is orthographic with a fixed
+``VIEW_HEIGHT_MM``, so one pixel is the same number of millimetres for every subject and head
+size stays comparable; the cameras aim at the centre of the scan's field of view, which is
+shared by a scan and its de-identified copy.
+
+The skin is an iso-surface (``vtkFlyingEdges3D``) at ``SKIN_ISO_FRACTION`` of the air/head Otsu
+threshold, on the largest connected head component only (specks of noise in the air never
+render) with the inside of the head filled (no hidden brain surfaces to rasterise). The same
+input always gives the same pixels.
+
+Without a display, VTK's Linux wheel renders through EGL (Mesa's llvmpipe on a CPU-only machine,
+the GPU driver elsewhere); ``VTK_DEFAULT_OPENGL_WINDOW`` set by the user takes precedence (e.g.
+``vtkOSMesaRenderWindow`` where libOSMesa is installed, which it is not on the build machine).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage as ndi
+
+from cpmae.envelope import fill_holes, foreground_threshold, largest_component
+from cpmae.errors import InputError, OutputError
+
+VIEWS = ("frontal", "profile")
+RENDER_SPACING_MM = 2.0  # surfaces at 2 mm: faces stay recognisable, a 256 mm head renders < 0.5 s
+SMOOTHING_SIGMA_VOXELS = 0.7  # removes the staircase of linear resampling without rounding the nose
+SKIN_ISO_FRACTION = 0.6  # of the air/head Otsu threshold: low enough to keep thin skin (ears, nostrils)
+VIEW_HEIGHT_MM = 256.0  # orthographic: the picture spans this many mm vertically, whatever the head
+CAMERA_DISTANCE_MM = 1000.0  # only sets the clipping range with an orthographic camera
+SKIN_RGB = (0.94, 0.77, 0.66)
+BACKGROUND_RGB = (0.0, 0.0, 0.0)
+
+# camera direction (from the focal point towards the camera) and view-up, in LPS
+_CAMERAS = {
+    "frontal": ((0.0, -1.0, 0.0), (0.0, 0.0, 1.0)),  # in front of the face (anterior = -y)
+    "profile": ((-1.0, 0.0, 0.0), (0.0, 0.0, 1.0)),  # at the subject's right (right = -x)
+}
+
+ImageLike = Union[sitk.Image, Tuple[np.ndarray, Sequence[float]]]
+
+
+# ---------------------------------------------------------------------------------------------
+# input -> canonical volume -> skin surface
+# ---------------------------------------------------------------------------------------------
+
+def as_image(img: ImageLike) -> sitk.Image:
+    """A SimpleITK image from ``img``; an ``(array [z, y, x], spacing (x, y, z))`` pair is taken as
+    already axis-aligned in LPS, centred on the origin."""
+    if isinstance(img, sitk.Image):
+        if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
+            raise InputError("a face rendering needs a 3D single-channel image")
+        return img
+    try:
+        array, spacing = img
+    except (TypeError, ValueError):
+        raise InputError("expected a SimpleITK image or an (array, spacing) pair") from None
+    array = np.asarray(array, dtype=np.float32)
+    spacing = tuple(float(s) for s in spacing)
+    if array.ndim != 3 or len(spacing) != 3 or min(spacing) <= 0:
+        raise InputError(f"expected a 3D array and three positive spacings, got {array.shape} and {spacing}")
+    out = sitk.GetImageFromArray(array)
+    out.SetSpacing(spacing)
+    out.SetOrigin(tuple(-(n - 1) * s / 2.0 for n, s in zip(out.GetSize(), spacing)))
+    return out
+
+
+def fov_centre(img: sitk.Image) -> np.ndarray:
+    """Physical LPS centre of the image's field of view (the cameras' focal point)."""
+    size = np.asarray(img.GetSize(), dtype=np.float64)
+    return np.asarray(img.TransformContinuousIndexToPhysicalPoint(((size - 1) / 2.0).tolist()))
+
+
+def canonical_volume(img: sitk.Image, spacing_mm: float = RENDER_SPACING_MM) -> sitk.Image:
+    """``img`` resampled (linear, float32) onto an axis-aligned LPS grid covering its whole FOV."""
+    size = np.asarray(img.GetSize())
+    corners = np.array([img.TransformContinuousIndexToPhysicalPoint([float(c) for c in (i, j, k)])
+                        for i in (-0.5, size[0] - 0.5) for j in (-0.5, size[1] - 0.5)
+                        for k in (-0.5, size[2] - 0.5)])
+    lo, hi = corners.min(axis=0), corners.max(axis=0)
+    n = np.maximum(1, np.ceil((hi - lo) / spacing_mm).astype(int))
+    ref = sitk.Image([int(v) for v in n], sitk.sitkFloat32)
+    ref.SetSpacing([spacing_mm] * 3)
+    centre = (lo + hi) / 2.0
+    ref.SetOrigin((centre - (n - 1) * spacing_mm / 2.0).tolist())
+    return sitk.Resample(img, ref, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+
+
+def skin_threshold(img: ImageLike) -> float:
+    """Automatic skin iso-value in the image's own intensity unit."""
+    arr = sitk.GetArrayViewFromImage(as_image(img))
+    return SKIN_ISO_FRACTION * foreground_threshold(arr)
+
+
+def _skin_field(volume: np.ndarray, iso: float) -> np.ndarray:
+    """Smoothed volume where only the outer skin of the largest head component crosses ``iso``.
+
+    Specks above ``iso`` outside that component are zeroed, enclosed dark regions (ventricles,
+    skull, sinuses) are raised above ``iso``: neither makes triangles that nobody sees.
+    """
+    field = ndi.gaussian_filter(volume, SMOOTHING_SIGMA_VOXELS, truncate=3.0)
+    head = largest_component(field > iso)
+    solid = fill_holes(head)
+    field[(field > iso) & ~head] = 0.0
+    field[solid & ~head] = 2.0 * iso
+    return np.pad(field, 1)  # zero rim: the surface closes where the head leaves the FOV
+
+
+def skin_surface(img: ImageLike, iso: Optional[float] = None):
+    """vtkPolyData of the skin in physical LPS millimetres (empty when no voxel exceeds ``iso``)."""
+    from vtkmodules.util.numpy_support import numpy_to_vtk
+    from vtkmodules.vtkCommonDataModel import vtkImageData, vtkPolyData
+    from vtkmodules.vtkFiltersCore import vtkFlyingEdges3D
+
+    image = as_image(img)
+    iso = skin_threshold(image) if iso is None else float(iso)
+    canon = canonical_volume(image)
+    field = _skin_field(sitk.GetArrayFromImage(canon), iso)
+    if not (field > iso).any():
+        return vtkPolyData()
+    data = vtkImageData()
+    data.SetDimensions(field.shape[2], field.shape[1], field.shape[0])
+    data.SetSpacing(canon.GetSpacing())
+    data.SetOrigin((np.asarray(canon.GetOrigin()) - np.asarray(canon.GetSpacing())).tolist())
+    scalars = numpy_to_vtk(field.ravel(), deep=True)  # [z, y, x] C order = VTK's x-fastest order
+    data.GetPointData().SetScalars(scalars)
+    surf = vtkFlyingEdges3D()
+    surf.SetInputData(data)
+    surf.SetValue(0, iso)
+    surf.ComputeNormalsOn()
+    surf.ComputeScalarsOff()
+    surf.Update()
+    out = vtkPolyData()
+    out.ShallowCopy(surf.GetOutput())
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# one reusable offscreen scene
+# ---------------------------------------------------------------------------------------------
+
+def _prefer_headless_backend() -> None:
+    """Ask VTK for EGL when there is no X display (it would otherwise try X first and warn)."""
+    if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
+        os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+
+
+class _Scene:
+    """Render window, renderer and skin actor, created once per process and reused."""
+
+    def __init__(self) -> None:
+        _prefer_headless_backend()
+        import vtkmodules.vtkRenderingOpenGL2  # noqa: F401  (registers the OpenGL factories)
+        from vtkmodules.vtkRenderingCore import (vtkActor, vtkPolyDataMapper, vtkRenderer,
+                                                 vtkRenderWindow, vtkWindowToImageFilter)
+        from vtkmodules.vtkRenderingCore import vtkLightKit
+
+        self.window = vtkRenderWindow()
+        self.window.SetOffScreenRendering(1)
+        self.window.SetMultiSamples(0)
+        self.renderer = vtkRenderer()
+        self.renderer.SetBackground(*BACKGROUND_RGB)
+        self.window.AddRenderer(self.renderer)
+        self.mapper = vtkPolyDataMapper()
+        self.mapper.ScalarVisibilityOff()
+        self.actor = vtkActor()
+        self.actor.SetMapper(self.mapper)
+        prop = self.actor.GetProperty()
+        prop.SetColor(*SKIN_RGB)
+        prop.SetAmbient(0.12)
+        prop.SetDiffuse(0.85)
+        prop.SetSpecular(0.08)
+        prop.SetSpecularPower(12.0)
+        self.renderer.AddActor(self.actor)
+        self.renderer.RemoveAllLights()
+        kit = vtkLightKit()  # key/fill/back lights that follow the camera: depth cues on a face
+        kit.AddLightsToRenderer(self.renderer)
+        self.grabber = vtkWindowToImageFilter()
+        self.grabber.SetInput(self.window)
+        self.grabber.SetInputBufferTypeToRGB()
+        self.grabber.ReadFrontBufferOff()
+
+    def render(self, surface, view: str, centre: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+        from vtkmodules.util.numpy_support import vtk_to_numpy
+
+        direction, up = _CAMERAS[view]
+        self.mapper.SetInputData(surface)
+        width, height = int(size[0]), int(size[1])
+        self.window.SetSize(width, height)
+        cam = self.renderer.GetActiveCamera()
+        cam.ParallelProjectionOn()
+        cam.SetParallelScale(VIEW_HEIGHT_MM / 2.0)
+        cam.SetFocalPoint(*centre)
+        cam.SetPosition(*(centre + CAMERA_DISTANCE_MM * np.asarray(direction)))
+        cam.SetViewUp(*up)
+        cam.SetClippingRange(CAMERA_DISTANCE_MM - VIEW_HEIGHT_MM * 2, CAMERA_DISTANCE_MM + VIEW_HEIGHT_MM * 2)
+        self.window.Render()
+        self.grabber.Modified()
+        self.grabber.Update()
+        out = self.grabber.GetOutput()
+        w, h, _ = out.GetDimensions()
+        pixels = vtk_to_numpy(out.GetPointData().GetScalars()).reshape(h, w, 3)
+        return np.ascontiguousarray(pixels[::-1])  # VTK's first row is the bottom one
+
+
+_SCENE: Optional[_Scene] = None
+
+
+def _scene() -> _Scene:
+    global _SCENE
+    if _SCENE is None:
+        _SCENE = _Scene()
+    return _SCENE
+
+
+# ---------------------------------------------------------------------------------------------
+# public API
+# ---------------------------------------------------------------------------------------------
+
+def _check_view(view: str) -> None:
+    if view not in _CAMERAS:
+        raise ValueError(f"view must be one of {sorted(_CAMERAS)}, not {view!r}")
+
+
+def render_views(img: ImageLike, views: Sequence[str] = VIEWS, size: Tuple[int, int] = (320, 320),
+                 iso: Optional[float] = None, centre: Optional[Sequence[float]] = None
+                 ) -> Dict[str, np.ndarray]:
+    """{view: uint8 [H, W, 3]} from one skin surface; ``size`` is (width, height) in pixels.
+
+    ``iso``: skin threshold in the image's unit (default ``skin_threshold``); ``centre``: physical
+    LPS focal point (default the FOV centre). Pass both from the original scan when rendering
+    its de-identified copy so the two pictures differ only where the heads do.
+    """
+    for view in views:
+        _check_view(view)
+    image = as_image(img)
+    surface = skin_surface(image, iso)
+    focus = fov_centre(image) if centre is None else np.asarray(centre, dtype=np.float64)
+    scene = _scene()
+    return {view: scene.render(surface, view, focus, size) for view in views}
+
+
+def render_face(img: ImageLike, view: str = "frontal", size: Tuple[int, int] = (320, 320),
+                iso: Optional[float] = None, centre: Optional[Sequence[float]] = None) -> np.ndarray:
+    """One face rendering, uint8 [H, W, 3] (see ``render_views``)."""
+    _check_view(view)
+    return render_views(img, (view,), size, iso, centre)[view]
+
+
+def save_png(array: np.ndarray, path: Union[str, Path]) -> Path:
+    """Write an RGB uint8 array as PNG through a temporary file in the same folder and a rename."""
+    from PIL import Image
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(tmp, "xb")  # unlike mkstemp, honours the umask (renders are not secret: 0644)
+    except OSError as exc:
+        raise OutputError(f"cannot write here ({exc.strerror or exc})", path=path) from None
+    try:
+        with fh:
+            Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).save(fh, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+def figure_grid(rows: Sequence[Tuple[str, Dict[str, np.ndarray]]], views: Sequence[str] = VIEWS,
+                label_height: int = 22) -> np.ndarray:
+    """Tile [(row label, {view: picture}), ...] into one labelled RGB image (rows x views)."""
+    from PIL import Image, ImageDraw
+
+    h, w = rows[0][1][views[0]].shape[:2]
+    canvas = Image.new("RGB", (w * len(views), (h + label_height) * len(rows)), (0, 0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for r, (label, pictures) in enumerate(rows):
+        top = r * (h + label_height)
+        for c, view in enumerate(views):
+            canvas.paste(Image.fromarray(pictures[view]), (c * w, top + label_height))
+            draw.text((c * w + 6, top + 5), f"{label} - {view}", fill=(235, 235, 235))
+    return np.asarray(canvas)
+
+
+def before_after_figure(before_img: ImageLike, after_img: ImageLike, path: Union[str, Path],
+                        labels: Sequence[str] = ("before", "after"), views: Sequence[str] = VIEWS,
+                        size: Tuple[int, int] = (320, 320), singles: bool = False) -> List[Path]:
+    """Write a labelled grid PNG (rows: before/after, columns: views) to ``path``.
+
+    Both heads are rendered with the skin threshold and camera focus of ``before``, so the two
+    rows differ only where the heads do. With ``singles`` each picture is also written next to
+    the grid as ``<stem>_<label>_<view>.png``. Returns the written paths, the grid first.
+    """
+    before = as_image(before_img)
+    iso, centre = skin_threshold(before), fov_centre(before)
+    if len(labels) != 2 or labels[0] == labels[1]:
+        raise ValueError(f"labels must be two different names, got {labels!r}")
+    rows = [(labels[0], render_views(before, views, size, iso, centre)),
+            (labels[1], render_views(after_img, views, size, iso, centre))]
+    path = Path(path)
+    written = [save_png(figure_grid(rows, views), path)]
+    if singles:
+        for label, pictures in rows:
+            for view, picture in pictures.items():
+                written.append(save_png(picture, path.with_name(f"{path.stem}_{label}_{view}.png")))
+    return written
