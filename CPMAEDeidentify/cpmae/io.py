@@ -22,6 +22,7 @@ Rules (also in docs/bad-input.md):
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -51,6 +52,9 @@ MIN_EXTENT_MM = 100.0  # smallest field of view (per axis) that can hold a head
 
 # What SimpleITK/ITK may write into NIfTI text fields; anything else in an output is a leak.
 NIFTI_DESCRIP = "cpmae"
+# Temporary outputs are ``.<name>.cpmae-tmp-XXXX<ext>``: hidden, and recognisable as leftovers of
+# a killed run (the batch runner's stale-temp cleaner matches the same mark).
+TEMP_MARK = ".cpmae-tmp-"
 
 _SCALAR_TYPES = {
     sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16, sitk.sitkUInt32, sitk.sitkInt32,
@@ -94,6 +98,7 @@ def _read_file(path: Path) -> sitk.Image:
     if ext not in READ_IO:
         raise InputError(f"unsupported file type '{ext or path.name}'; use NIfTI (.nii, .nii.gz), NRRD "
                          "(.nrrd, .nhdr), MetaImage (.mha, .mhd) or a DICOM series folder", path=path)
+    nifti_header = _check_nifti_file(path) if READ_IO[ext] == "NiftiImageIO" else None
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     reader.SetImageIO(READ_IO[ext])
@@ -113,7 +118,63 @@ def _read_file(path: Path) -> sitk.Image:
     except RuntimeError:
         raise InputError(f"cannot read the voxels: the {_kind(ext)} file is truncated or corrupt",
                          path=path) from None
+    if nifti_header is not None and nifti_header.get_data_dtype().kind == "f":
+        _check_finite(np.asanyarray(_nibabel_load(path).dataobj), path)  # ITK turns NaN/Inf into 0
     return img
+
+
+def _nibabel_load(path: Path):
+    import nibabel as nib
+
+    return nib.load(str(path))
+
+
+def _check_nifti_file(path: Path):
+    """Parse the NIfTI header with nibabel and make sure the file holds all its voxels.
+
+    ITK's NIfTI reader accepts truncated files silently (the missing voxels come back as 0) and
+    prints niftilib errors to stderr on garbage, so the file is checked before ITK opens it.
+    """
+    try:
+        nimg = _nibabel_load(path)
+        header, offset = nimg.header, int(nimg.dataobj.offset)  # img.header's own offset is reset to 0
+        expected = offset + int(np.prod(header.get_data_shape(), dtype=np.int64)) * header.get_data_dtype().itemsize
+    except Exception:  # nibabel raises many types on garbage; all mean "not a NIfTI file"
+        raise InputError("cannot read the header: the file is corrupt or not a NIfTI file", path=path) from None
+    if not _holds_bytes(path, expected):
+        raise InputError(f"the NIfTI file is truncated or corrupt (holds fewer than the {expected} bytes its "
+                         "header announces)", path=path)
+    return header
+
+
+def _holds_bytes(path: Path, expected: int) -> bool:
+    """Whether a .nii or .nii.gz file holds at least ``expected`` uncompressed bytes.
+
+    For gzip the trailer's ISIZE field (size mod 2^32) answers at once when it matches; otherwise
+    (a truncated file has other bytes there, or the file has several gzip members) the stream is
+    decompressed and counted, and a broken stream counts as too short.
+    """
+    if not path.name.lower().endswith(".gz"):
+        return path.stat().st_size >= expected
+    import gzip
+    import struct
+    import zlib
+
+    with open(path, "rb") as fh:
+        fh.seek(-4, os.SEEK_END)
+        if struct.unpack("<I", fh.read(4))[0] == expected % 2 ** 32:
+            return True
+    total = 0
+    try:
+        with gzip.open(path, "rb") as fh:
+            while total < expected:
+                chunk = fh.read(1 << 22)
+                if not chunk:
+                    break
+                total += len(chunk)
+    except (OSError, EOFError, zlib.error):
+        return False
+    return total >= expected
 
 
 def _kind(ext: str) -> str:
@@ -121,10 +182,13 @@ def _kind(ext: str) -> str:
 
 
 def _read_dicom_folder(folder: Path) -> sitk.Image:
-    try:
-        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-    except RuntimeError:
-        series = ()
+    series = ()
+    if any(p.is_file() for p in folder.iterdir()):
+        with _itk_warnings_off():  # GDCM warns on stderr about non-DICOM files; we say it in one line
+            try:
+                series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+            except RuntimeError:
+                pass
     if not series:
         raise InputError("folder contains no DICOM series (give an image file or a DICOM series folder)",
                          path=folder)
@@ -140,9 +204,8 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
     except RuntimeError:
         raise InputError(f"cannot read DICOM header of {Path(files[0]).name}", path=folder) from None
     size = list(first.GetSize()[:2]) + [len(files) * (first.GetSize()[2] if first.GetDimension() > 2 else 1)]
-    # slice spacing is only known after sorting the slices; checked again on the read image
-    _check_header(folder, 3, size, first.GetSpacing()[:2] + (first.GetSpacing()[0],), first.GetPixelID(),
-                  first.GetNumberOfComponents())
+    # the slice spacing is only known once the slices are sorted: spacing is checked on the read image
+    _check_header(folder, 3, size, None, first.GetPixelID(), first.GetNumberOfComponents())
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     try:
@@ -152,7 +215,17 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
                          path=folder) from None
 
 
-def _check_header(path: Path, dimension: int, size: Sequence[int], spacing: Sequence[float], pixel_id: int,
+@contextlib.contextmanager
+def _itk_warnings_off():
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+
+
+def _check_header(path: Path, dimension: int, size: Sequence[int], spacing: Optional[Sequence[float]], pixel_id: int,
                   components: int) -> None:
     """Refuse what the header alone shows to be unusable, before any voxel is allocated."""
     if components != 1 or pixel_id not in _SCALAR_TYPES:
@@ -173,7 +246,8 @@ def _check_header(path: Path, dimension: int, size: Sequence[int], spacing: Sequ
         raise InputError(f"volume of {'x'.join(map(str, spatial))} voxels ({nbytes / 2**30:.1f} GiB to load) is "
                          f"larger than this tool accepts (at most {MAX_VOXELS} voxels and half of the "
                          f"{available / 2**30:.1f} GiB of free memory)", path=path)
-    _check_spacing(path, spatial, spacing[:3])
+    if spacing is not None:
+        _check_spacing(path, spatial, spacing[:3])
 
 
 def _check_spacing(path: Path, size: Sequence[int], spacing: Sequence[float]) -> None:
@@ -195,10 +269,13 @@ def _check_voxels(img: sitk.Image, path: Path) -> None:
         raise InputError(f"{img.GetDimension()}-D image; a 3-D head volume is needed", path=path)
     _check_spacing(path, img.GetSize(), img.GetSpacing())
     if img.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
-        arr = sitk.GetArrayViewFromImage(img)
-        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
-        if bad:
-            raise InputError(f"{bad} voxels are NaN or infinite; replace them (e.g. by 0) first", path=path)
+        _check_finite(sitk.GetArrayViewFromImage(img), path)
+
+
+def _check_finite(arr: np.ndarray, path: Path) -> None:
+    bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+    if bad:
+        raise InputError(f"{bad} voxels are NaN or infinite; replace them (e.g. by 0) first", path=path)
 
 
 def available_memory_bytes() -> int:
@@ -274,7 +351,7 @@ def check_output_path(out: PathLike, inputs: Iterable[PathLike] = (), overwrite:
     if not folder.is_dir():
         raise OutputError(f"{folder} is not a folder", path=out)
     try:
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".cpmae-write-test-")
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=f".{out.name}{TEMP_MARK}probe-")
     except OSError as exc:
         raise OutputError(f"cannot write in output folder {folder} ({exc.strerror or exc})", path=out) from None
     os.close(fd)
@@ -291,7 +368,7 @@ def write_image(img: sitk.Image, path: PathLike, overwrite: bool = False) -> Pat
         clean.EraseMetaData(key)
     if WRITE_IO[ext] == "NiftiImageIO":
         clean.SetMetaData("ITK_FileNotes", NIFTI_DESCRIP)  # becomes descrip: fixed, non-identifying
-    fd, tmp = tempfile.mkstemp(dir=path.resolve().parent, prefix=f".{path.name}.", suffix=f".tmp{ext}")
+    fd, tmp = tempfile.mkstemp(dir=path.resolve().parent, prefix=f".{path.name}{TEMP_MARK}", suffix=ext)
     os.close(fd)
     try:
         os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; an output is an ordinary file
