@@ -63,12 +63,12 @@ KEEP_KEYS = frozenset(k.lower() for k in (
 VERSION_KEYS = frozenset(k.lower() for k in ("SoftwareVersions", "ConversionSoftwareVersion", "ConsistencyInfo"))
 
 _KEY_PATTERN = re.compile(
-    r"name|date|birth|patient|physician|operator|institution|address|serial|station|uid"
+    r"name|date|birth|patient|physician|operator|institution|address|serial|station|^uids?$"
     r"|accession|comment|e-?mail|phone|telephone|^ids?$"
     r"|^(?:acquisition|study|series|content|instancecreation|scan)time$",
     re.IGNORECASE,
 )
-_ID_SUFFIX = re.compile(r"[a-z_](?:ID|Id)s?$")  # PatientID, StudyId, Other_IDs (not "Fluid", "Grid")
+_ID_SUFFIX = re.compile(r"[a-z_](?:ID|Id)s?$|UID")  # PatientID, StudyId, Other_IDs, SeriesUID (not "Fluid")
 
 _VALUE_PATTERNS = [
     re.compile(r"\b(?:19|20)\d\d[-/.]?(?:0[1-9]|1[0-2])[-/.]?(?:0[1-9]|[12]\d|3[01])"),  # 2021-03-17, 20210317
