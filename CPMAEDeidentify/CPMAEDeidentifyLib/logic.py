@@ -1,0 +1,247 @@
+"""CPMAEDeidentifyLogic: what the panel's buttons do, usable from Slicer's Python console.
+
+Every engine call goes out of process (``jobs.JobRunner``) through files in a private temp
+folder; the results come back as NEW nodes (the input node is never modified) only once the
+job has succeeded, so a failure or a cancel leaves neither a half-filled node nor a file.
+
+Console use::
+
+    logic = CPMAEDeidentifyLogic()
+    job = logic.process(getNode("MRHead"), resolution=128)
+    job.outputNode
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List, Optional
+
+from cpmae import errors
+from CPMAEDeidentifyLib import jobs, rendering, segmentation, volumes
+from CPMAEDeidentifyLib.context import SlicerContext
+
+EventCallback = Optional[Callable[[jobs.JobEvent], None]]
+
+ERRORS_BY_EXIT_CODE = {
+    errors.EXIT_INPUT: errors.InputError,
+    errors.EXIT_OUTPUT: errors.OutputError,
+    errors.EXIT_WEIGHTS: errors.WeightsError,
+    errors.EXIT_CANCELLED: errors.Cancelled,
+}
+
+
+@dataclass
+class MaskResult:
+    segmentationNode: object
+    brainVolumeCm3: float
+
+
+class EngineJob:
+    """A running engine command tied to the nodes it will create; ``wait()``/``cancel()``/``state``."""
+
+    def __init__(self, logic: "CPMAEDeidentifyLogic", inputNode, workDir: Path):
+        self.logic = logic
+        self.inputNode = inputNode
+        self.workDir = workDir
+        self.runner: Optional[jobs.JobRunner] = None
+        self.createdNodes: List[object] = []
+
+    @property
+    def state(self) -> str:
+        return self.runner.state if self.runner else jobs.PENDING
+
+    @property
+    def running(self) -> bool:
+        return self.runner is not None and self.runner.running
+
+    def poll(self) -> bool:
+        return self.runner.poll()
+
+    def cancel(self) -> None:
+        self.runner.cancel()
+
+    def wait(self, timeout: Optional[float] = None) -> "EngineJob":
+        """Block until done; raise the engine's error (one line naming the file) on failure."""
+        self.runner.wait(timeout=timeout)
+        self.raiseForFailure()
+        return self
+
+    def errorMessage(self) -> str:
+        message = self.runner.errorMessage()
+        # the engine names our private temp files; name the nodes the user knows instead
+        return message.replace(str(self.workDir / "input.nii.gz"), self.inputNode.GetName()).replace(
+            str(self.workDir) + "/", "")
+
+    def raiseForFailure(self) -> None:
+        if self.state in (jobs.SUCCEEDED, jobs.RUNNING, jobs.PENDING):
+            return
+        if self.state == jobs.CANCELLED:
+            raise errors.Cancelled("cancelled; nothing was written", path=self.inputNode.GetName())
+        errorClass = ERRORS_BY_EXIT_CODE.get(self.runner.returncode, errors.CPMAEError)
+        raise errorClass(self.errorMessage())
+
+    def _addNode(self, node):
+        self.createdNodes.append(node)
+        return node
+
+    def _discardCreatedNodes(self) -> None:
+        for node in self.createdNodes:
+            if node.GetScene() is not None:
+                segmentation._removeNode(self.logic.context.scene, node)
+        self.createdNodes = []
+
+
+class MaskJob(EngineJob):
+    """``cpmae mask IN OUT``: deepbet brain mask -> segmentation node + brain volume."""
+
+    result: Optional[MaskResult] = None
+
+    def _finished(self, runner: jobs.JobRunner) -> None:
+        if runner.state != jobs.SUCCEEDED:
+            return
+        import SimpleITK as sitk
+
+        try:
+            mask = sitk.ReadImage(str(self.workDir / "mask.nii.gz"))
+            name = f"{self.inputNode.GetName()} brain mask"
+            node = self._addNode(segmentation.addSegmentationFromMask(self.logic.context, mask, self.inputNode, name))
+            self.result = MaskResult(node, segmentation.brainVolumeCm3(mask))
+        except Exception:
+            self._discardCreatedNodes()
+            raise
+
+
+class DeidentifyJob(EngineJob):
+    """``cpmae deidentify``: a new remodelled volume node (+ the brain mask it kept) on success."""
+
+    outputNode = None
+    maskResult: Optional[MaskResult] = None
+
+    def __init__(self, logic, inputNode, workDir, outputName: str, showMask: bool):
+        super().__init__(logic, inputNode, workDir)
+        self.outputName = outputName
+        self.showMask = showMask
+
+    def _finished(self, runner: jobs.JobRunner) -> None:
+        if runner.state != jobs.SUCCEEDED:
+            return
+        import SimpleITK as sitk
+
+        inputMatrix = volumes.ijkToRasMatrix(self.inputNode)
+        try:
+            image = sitk.ReadImage(str(self.workDir / "output.nii.gz"))
+            if image.GetSize() != tuple(self.inputNode.GetImageData().GetDimensions()):
+                raise errors.OutputError(f"the engine returned a {image.GetSize()} grid for a "
+                                         f"{self.inputNode.GetImageData().GetDimensions()} input", path=self.outputName)
+            if not volumes.sameGeometry(volumes.geometryFromImage(image), inputMatrix):
+                raise errors.OutputError("the engine's output is not on the input geometry", path=self.outputName)
+            # the input node's exact IJK-to-RAS, not the float32-rounded NIfTI header
+            node = self._addNode(volumes.addVolumeNodeFromImage(self.logic.context.scene, image, self.outputName,
+                                                                ijkToRas=inputMatrix))
+            inputDisplay, outputDisplay = self.inputNode.GetDisplayNode(), node.GetDisplayNode()
+            if inputDisplay is not None and outputDisplay is not None and inputDisplay.IsA("vtkMRMLScalarVolumeDisplayNode"):
+                outputDisplay.SetAutoWindowLevel(False)
+                outputDisplay.SetWindowLevel(inputDisplay.GetWindow(), inputDisplay.GetLevel())
+            maskPath = self.workDir / "mask-out.nii.gz"
+            if maskPath.is_file():
+                mask = sitk.ReadImage(str(maskPath))
+                maskNode = None
+                if self.showMask:
+                    maskNode = self._addNode(segmentation.addSegmentationFromMask(
+                        self.logic.context, mask, self.inputNode, f"{self.outputName} brain mask"))
+                self.maskResult = MaskResult(maskNode, segmentation.brainVolumeCm3(mask))
+            self.outputNode = node
+        except Exception:
+            self._discardCreatedNodes()
+            raise
+
+
+class CPMAEDeidentifyLogic:
+    """Brain mask, remodel and face renderings on MRML nodes; the engine runs out of process."""
+
+    def __init__(self, context: Optional[SlicerContext] = None, tempRoot: Optional[str] = None):
+        self.context = context or SlicerContext.fromSlicer()
+        self.tempRoot = tempRoot  # None: the system temp folder (Slicer passes its temporary path)
+
+    def _workDir(self) -> Path:
+        return Path(tempfile.mkdtemp(prefix="cpmae-job-", dir=self.tempRoot))
+
+    def _start(self, job: EngineJob, command: List[str], onEvent: EventCallback, waitForCompletion: bool):
+        job.runner = jobs.JobRunner(command, onEvent=onEvent, cleanupPaths=[job.workDir],
+                                    onFinished=job._finished)
+        try:
+            job.runner.start()
+        except OSError as exc:
+            shutil.rmtree(job.workDir, ignore_errors=True)
+            raise errors.CPMAEError(f"could not start the engine ({exc})", path=command[0]) from exc
+        if waitForCompletion:
+            job.wait()
+        return job
+
+    def _checkInput(self, inputNode):
+        if inputNode is None:
+            raise errors.InputError("no input volume selected")
+        if not inputNode.IsA("vtkMRMLScalarVolumeNode") or inputNode.IsA("vtkMRMLLabelMapVolumeNode"):
+            raise errors.InputError("the input must be a scalar (MRI) volume", path=inputNode.GetName())
+        if inputNode.GetImageData() is None:
+            raise errors.InputError("the volume has no image data", path=inputNode.GetName())
+
+    def computeBrainMask(self, inputNode, waitForCompletion: bool = True, onEvent: EventCallback = None) -> MaskJob:
+        """Run deepbet (``cpmae mask``) out of process; ``job.result`` holds the segmentation + cm³."""
+        self._checkInput(inputNode)
+        job = MaskJob(self, inputNode, self._workDir())
+        try:
+            volumes.writeVolumeNode(inputNode, job.workDir / "input.nii.gz")
+        except Exception:
+            shutil.rmtree(job.workDir, ignore_errors=True)
+            raise
+        command = jobs.engineCommand("mask", str(job.workDir / "input.nii.gz"), str(job.workDir / "mask.nii.gz"))
+        return self._start(job, command, onEvent, waitForCompletion)
+
+    def maskImage(self, maskNode, inputNode):
+        """The user's segmentation/labelmap as a binary mask on the input grid (for ``--mask``)."""
+        return segmentation.maskImageFromNode(self.context, maskNode, inputNode)
+
+    def process(self, inputNode, outputName: Optional[str] = None, maskNode=None, weights: Optional[str] = None,
+                resolution: int = 128, steps: Optional[int] = None, seed: int = 0, device: str = "auto",
+                showMask: bool = True, waitForCompletion: bool = True, onEvent: EventCallback = None) -> DeidentifyJob:
+        """Remodel the face of ``inputNode`` into a new volume node (``job.outputNode``).
+
+        ``maskNode``: an existing segmentation/labelmap to keep bit-identical (default: deepbet).
+        ``weights``: a bundle folder (default: the engine's shipped bundle for ``resolution``).
+        With ``waitForCompletion=False`` the job runs on; call ``job.poll()`` from a timer.
+        """
+        import SimpleITK as sitk
+
+        self._checkInput(inputNode)
+        if resolution not in (128, 256):
+            raise errors.InputError(f"resolution must be 128 or 256, not {resolution}")
+        if device not in ("auto", "cpu", "cuda"):
+            raise errors.InputError(f"device must be auto, cpu or cuda, not {device!r}")
+        outputName = outputName or f"{inputNode.GetName()}_deidentified"
+        job = DeidentifyJob(self, inputNode, self._workDir(), outputName, showMask)
+        work = job.workDir
+        try:
+            volumes.writeVolumeNode(inputNode, work / "input.nii.gz")
+            command = jobs.engineCommand("deidentify", str(work / "input.nii.gz"), str(work / "output.nii.gz"),
+                                         "--mask-out", str(work / "mask-out.nii.gz"), "--progress", "json",
+                                         "--resolution", str(resolution), "--seed", str(int(seed)),
+                                         "--device", device)
+            if maskNode is not None:
+                sitk.WriteImage(self.maskImage(maskNode, inputNode), str(work / "mask.nii.gz"), True)
+                command += ["--mask", str(work / "mask.nii.gz")]
+            if weights:
+                command += ["--weights", str(weights)]
+            if steps:
+                command += ["--steps", str(int(steps))]
+        except Exception:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        return self._start(job, command, onEvent, waitForCompletion)
+
+    def renderFaces(self, beforeNode, afterNode, outputDir, views=("frontal", "profile"), size=(512, 512)):
+        """Before/after skin renderings (shared cameras) as PNGs; returns {key: path}."""
+        return rendering.renderFaceViews(self.context, {"before": beforeNode, "after": afterNode}, outputDir,
+                                         views=views, size=size, cameraNode=beforeNode)

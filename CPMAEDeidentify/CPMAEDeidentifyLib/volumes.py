@@ -1,0 +1,98 @@
+"""Volume node <-> SimpleITK image, with the IJK-to-RAS geometry kept exactly.
+
+Slicer stores geometry in RAS, ITK/NIfTI readers in LPS: the first two axes of the origin
+and of every direction column change sign. Voxel arrays need no reordering: Slicer's
+``arrayFromVolume`` and ``sitk.GetArrayFromImage`` are both indexed ``[k, j, i]``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from cpmae.errors import InputError
+
+# diag(-1, -1, 1): RAS <-> LPS (its own inverse)
+RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
+
+
+def ijkToRasMatrix(node) -> np.ndarray:
+    """4x4 IJK-to-RAS matrix of a volume node as numpy (ignores parent transforms on purpose)."""
+    import vtk
+
+    m = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(m)
+    return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def setIjkToRasMatrix(node, matrix: np.ndarray) -> None:
+    import vtk
+
+    m = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            m.SetElement(r, c, float(matrix[r, c]))
+    node.SetIJKToRASMatrix(m)
+
+
+def geometryFromImage(image) -> np.ndarray:
+    """IJK-to-RAS 4x4 of a SimpleITK image (LPS origin/direction/spacing)."""
+    direction = np.array(image.GetDirection(), dtype=float).reshape(3, 3)
+    spacing = np.array(image.GetSpacing(), dtype=float)
+    matrix = np.eye(4)
+    matrix[:3, :3] = RAS_TO_LPS @ direction @ np.diag(spacing)
+    matrix[:3, 3] = RAS_TO_LPS @ np.array(image.GetOrigin(), dtype=float)
+    return matrix
+
+
+def applyGeometryToImage(image, ijkToRas: np.ndarray) -> None:
+    """Set spacing/origin/direction of a SimpleITK image from an IJK-to-RAS 4x4."""
+    linear = RAS_TO_LPS @ ijkToRas[:3, :3]
+    spacing = np.linalg.norm(linear, axis=0)
+    direction = linear / spacing
+    image.SetSpacing([float(s) for s in spacing])
+    image.SetDirection([float(d) for d in direction.ravel()])
+    image.SetOrigin([float(o) for o in RAS_TO_LPS @ ijkToRas[:3, 3]])
+
+
+def imageFromVolumeNode(node):
+    """SimpleITK copy of a scalar volume node's voxels and geometry (LPS)."""
+    import SimpleITK as sitk
+    import slicer
+
+    name = node.GetName() if node is not None else None
+    if node is None or node.GetImageData() is None:
+        raise InputError("the volume has no image data", path=name)
+    if node.GetImageData().GetNumberOfScalarComponents() != 1:
+        raise InputError("the volume has several components per voxel (colour or vector image); "
+                         "a scalar MRI volume is needed", path=name)
+    array = slicer.util.arrayFromVolume(node)
+    if array.ndim != 3 or min(array.shape) < 2:
+        raise InputError(f"the volume is not a 3D image (shape {array.shape})", path=name)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    applyGeometryToImage(image, ijkToRasMatrix(node))
+    return image
+
+
+def writeVolumeNode(node, path) -> None:
+    """Write a volume node for the engine (NIfTI through SimpleITK, geometry in LPS)."""
+    import SimpleITK as sitk
+
+    sitk.WriteImage(imageFromVolumeNode(node), str(path), True)
+
+
+def addVolumeNodeFromImage(scene, image, name: str, className: str = "vtkMRMLScalarVolumeNode",
+                           ijkToRas: np.ndarray | None = None):
+    """New volume node holding ``image``'s voxels; geometry from ``ijkToRas`` when given (exact copy)."""
+    import SimpleITK as sitk
+    import slicer
+
+    array = sitk.GetArrayFromImage(image)
+    node = scene.AddNewNodeByClass(className, name)
+    slicer.util.updateVolumeFromArray(node, array)
+    setIjkToRasMatrix(node, geometryFromImage(image) if ijkToRas is None else ijkToRas)
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def sameGeometry(matrixA: np.ndarray, matrixB: np.ndarray, tolerance: float = 1e-4) -> bool:
+    """True when two IJK-to-RAS matrices agree (NIfTI stores them in float32, hence a tolerance)."""
+    return bool(np.allclose(matrixA, matrixB, atol=tolerance, rtol=0))
