@@ -70,8 +70,10 @@ def test_frontal_differs_from_profile(views):
 
 
 def test_bigger_nose_changes_the_face_region_only():
-    small = render.render_views(phantom_image(nose=0.3)[0], size=SIZE)
-    big = render.render_views(phantom_image(nose=2.5)[0], size=SIZE)
+    small_img = phantom_image(nose=0.3)[0]
+    centre = render.camera_centre(small_img)  # the pair shares one camera, as before/after do
+    small = render.render_views(small_img, size=SIZE, centre=centre)
+    big = render.render_views(phantom_image(nose=2.5)[0], size=SIZE, centre=centre)
     # profile: the face points to the image's right; the nose adds head pixels there, not at the back
     grown = _head_pixels(big["profile"]) & ~_head_pixels(small["profile"])
     w = SIZE[0]
@@ -85,12 +87,13 @@ def test_bigger_nose_changes_the_face_region_only():
 
 
 def test_subjects_left_is_on_the_image_right_and_superior_is_up(head_arr):
-    base = render.render_views(_image(head_arr), size=SIZE)
+    centre = render.camera_centre(_image(head_arr))
+    base = render.render_views(_image(head_arr), size=SIZE, centre=centre)
     # LPS: +x is the subject's left, +z superior; array index order is [z, y, x]
-    left_ear = render.render_face(_image(_with_blob(head_arr, (0.5, 0.5, 0.83))), "frontal", SIZE)
+    left_ear = render.render_face(_image(_with_blob(head_arr, (0.5, 0.5, 0.83))), "frontal", SIZE, centre=centre)
     grown = _head_pixels(left_ear) & ~_head_pixels(base["frontal"])
     assert grown[:, SIZE[0] // 2:].sum() > 5 and grown[:, : SIZE[0] // 2].sum() == 0
-    top = render.render_face(_image(_with_blob(head_arr, (0.95, 0.5, 0.5))), "profile", SIZE)
+    top = render.render_face(_image(_with_blob(head_arr, (0.95, 0.5, 0.5))), "profile", SIZE, centre=centre)
     grown = _head_pixels(top) & ~_head_pixels(base["profile"])
     assert grown[: SIZE[1] // 2].sum() > 5 and grown[SIZE[1] // 2:].sum() == 0
 
@@ -131,6 +134,21 @@ def test_oblique_storage_gives_nearly_the_same_frontal_view(head_arr, views):
 def test_array_and_spacing_pair_matches_the_image(head_arr, views):
     picture = render.render_face((head_arr, (4.0, 4.0, 4.0)), "frontal", SIZE)
     assert np.array_equal(picture, views["frontal"])
+
+
+def test_camera_keeps_the_vertex_of_a_tall_scan_in_view():
+    """A head on a long neck: the top of the head stays in the picture, the neck is cropped."""
+    arr, _ = phantom_arrays(64, seed=0)
+    neck = np.zeros((40, 64, 64), np.float32)
+    yy, xx = np.mgrid[:64, :64]
+    neck[:, ((yy - 36) ** 2 + (xx - 32) ** 2) < 12 ** 2] = 600.0
+    tall = np.concatenate([neck, arr])  # 104 x 4 mm = 416 mm of scan, the neck below the head
+    tall[:60] = np.maximum(tall[:60], np.concatenate([neck, neck[:20]]))  # the neck joins the head
+    picture = render.render_face((tall, (4.0, 4.0, 4.0)), "profile", SIZE)
+    head = _head_pixels(picture)
+    rows = np.nonzero(head.any(axis=1))[0]
+    assert rows[0] > 0  # air above the vertex: the head top is not cut
+    assert rows[-1] == SIZE[1] - 1  # the neck runs out of the bottom of the picture
 
 
 def test_empty_volume_renders_background():
@@ -190,7 +208,7 @@ def test_render_speed_at_128_cubed(mean_head):
     img = sitk.ReadImage(str(mean_head))
     ref = sitk.Image([128] * 3, sitk.sitkFloat32)
     ref.SetSpacing((2.0,) * 3)
-    ref.SetOrigin((render.fov_centre(img) - 127.0).tolist())
+    ref.SetOrigin((render.camera_centre(img) - 127.0).tolist())
     model = sitk.Resample(img, ref, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     render.render_face(model)  # warm-up: the first call creates the window
     start = time.perf_counter()

@@ -5,8 +5,9 @@ voxels), so the cameras are fixed whatever the scanner's orientation: *frontal* 
 face from the front (camera at anterior = -y, superior up), *profile* from the subject's right
 side (camera at -x, face to the image's right). The projection is orthographic with a fixed
 ``VIEW_HEIGHT_MM``, so one pixel is the same number of millimetres for every subject and head
-size stays comparable; the cameras aim at the centre of the scan's field of view, which is
-shared by a scan and its de-identified copy.
+size stays comparable; the cameras aim at the centre of the head (the vertex kept in view, a
+long neck cropped, as in ``cpmae.geometry``'s model frame), and a de-identified copy is rendered
+with its original's centre so the pair stays aligned.
 
 The skin is an iso-surface (``vtkFlyingEdges3D``) at ``SKIN_ISO_FRACTION`` of the air/head Otsu
 threshold, on the largest connected head component only (specks of noise in the air never
@@ -37,6 +38,7 @@ RENDER_SPACING_MM = 2.0  # surfaces at 2 mm: faces stay recognisable, a 256 mm h
 SMOOTHING_SIGMA_VOXELS = 0.7  # removes the staircase of linear resampling without rounding the nose
 SKIN_ISO_FRACTION = 0.6  # of the air/head Otsu threshold: low enough to keep thin skin (ears, nostrils)
 VIEW_HEIGHT_MM = 256.0  # orthographic: the picture spans this many mm vertically, whatever the head
+VERTEX_MARGIN_MM = 8.0  # air kept above the vertex when a tall scan (long neck) must be cropped
 CAMERA_DISTANCE_MM = 1000.0  # only sets the clipping range with an orthographic camera
 SKIN_RGB = (0.94, 0.77, 0.66)
 BACKGROUND_RGB = (0.0, 0.0, 0.0)
@@ -75,12 +77,6 @@ def as_image(img: ImageLike) -> sitk.Image:
     return out
 
 
-def fov_centre(img: sitk.Image) -> np.ndarray:
-    """Physical LPS centre of the image's field of view (the cameras' focal point)."""
-    size = np.asarray(img.GetSize(), dtype=np.float64)
-    return np.asarray(img.TransformContinuousIndexToPhysicalPoint(((size - 1) / 2.0).tolist()))
-
-
 def canonical_volume(img: sitk.Image, spacing_mm: float = RENDER_SPACING_MM) -> sitk.Image:
     """``img`` resampled (linear, float32) onto an axis-aligned LPS grid covering its whole FOV."""
     size = np.asarray(img.GetSize())
@@ -102,47 +98,77 @@ def skin_threshold(img: ImageLike) -> float:
     return SKIN_ISO_FRACTION * foreground_threshold(arr)
 
 
-def _skin_field(volume: np.ndarray, iso: float) -> np.ndarray:
-    """Smoothed volume where only the outer skin of the largest head component crosses ``iso``.
+class _Skin:
+    """The canonical volume of one scan, cleaned so that only its outer skin crosses ``iso``.
 
-    Specks above ``iso`` outside that component are zeroed, enclosed dark regions (ventricles,
-    skull, sinuses) are raised above ``iso``: neither makes triangles that nobody sees.
+    Specks above ``iso`` outside the largest head component are zeroed and enclosed dark regions
+    (ventricles, skull, sinuses) are raised above ``iso``: neither makes triangles nobody sees.
     """
-    field = ndi.gaussian_filter(volume, SMOOTHING_SIGMA_VOXELS, truncate=3.0)
-    head = largest_component(field > iso)
-    solid = fill_holes(head)
-    field[(field > iso) & ~head] = 0.0
-    field[solid & ~head] = 2.0 * iso
-    return np.pad(field, 1)  # zero rim: the surface closes where the head leaves the FOV
+
+    def __init__(self, image: sitk.Image, iso: Optional[float] = None) -> None:
+        self.iso = skin_threshold(image) if iso is None else float(iso)
+        canon = canonical_volume(image)
+        self.origin = np.asarray(canon.GetOrigin())
+        self.spacing = np.asarray(canon.GetSpacing())
+        field = ndi.gaussian_filter(sitk.GetArrayFromImage(canon), SMOOTHING_SIGMA_VOXELS, truncate=3.0)
+        self.head = largest_component(field > self.iso)
+        field[(field > self.iso) & ~self.head] = 0.0
+        field[fill_holes(self.head) & ~self.head] = 2.0 * self.iso
+        self.field = np.pad(field, 1)  # zero rim: the surface closes where the head leaves the FOV
+
+    def centre(self) -> np.ndarray:
+        """Physical LPS centre of the head's bounding box, the vertex kept in view for tall scans.
+
+        Like ``cpmae.geometry``'s model frame: a scan with a long neck is framed from the top of
+        the head down, so the face is never cut off; an empty scan is framed on its FOV centre.
+        """
+        idx = np.nonzero(self.head.any(axis=(1, 2)))[0], np.nonzero(self.head.any(axis=(0, 2)))[0], \
+            np.nonzero(self.head.any(axis=(0, 1)))[0]
+        if not len(idx[0]):
+            shape_xyz = np.asarray(self.head.shape[::-1], dtype=np.float64)
+            return self.origin + (shape_xyz - 1) / 2.0 * self.spacing
+        lo = self.origin + np.array([idx[2][0], idx[1][0], idx[0][0]]) * self.spacing
+        hi = self.origin + np.array([idx[2][-1], idx[1][-1], idx[0][-1]]) * self.spacing
+        centre = (lo + hi) / 2.0
+        if hi[2] - lo[2] > VIEW_HEIGHT_MM - 2 * VERTEX_MARGIN_MM:
+            centre[2] = hi[2] + VERTEX_MARGIN_MM - VIEW_HEIGHT_MM / 2.0
+        return centre
+
+    def surface(self):
+        """vtkPolyData of the skin in physical LPS millimetres (empty when nothing exceeds ``iso``)."""
+        from vtkmodules.util.numpy_support import numpy_to_vtk
+        from vtkmodules.vtkCommonDataModel import vtkImageData, vtkPolyData
+        from vtkmodules.vtkFiltersCore import vtkFlyingEdges3D
+
+        if not self.head.any():
+            return vtkPolyData()
+        data = vtkImageData()
+        data.SetDimensions(self.field.shape[2], self.field.shape[1], self.field.shape[0])
+        data.SetSpacing(self.spacing.tolist())
+        data.SetOrigin((self.origin - self.spacing).tolist())  # the zero rim adds one voxel
+        data.GetPointData().SetScalars(numpy_to_vtk(self.field.ravel(), deep=True))  # x fastest
+        surf = vtkFlyingEdges3D()
+        surf.SetInputData(data)
+        surf.SetValue(0, self.iso)
+        surf.ComputeNormalsOn()
+        surf.ComputeScalarsOff()
+        surf.Update()
+        out = vtkPolyData()
+        out.ShallowCopy(surf.GetOutput())
+        return out
 
 
 def skin_surface(img: ImageLike, iso: Optional[float] = None):
     """vtkPolyData of the skin in physical LPS millimetres (empty when no voxel exceeds ``iso``)."""
-    from vtkmodules.util.numpy_support import numpy_to_vtk
-    from vtkmodules.vtkCommonDataModel import vtkImageData, vtkPolyData
-    from vtkmodules.vtkFiltersCore import vtkFlyingEdges3D
+    return _Skin(as_image(img), iso).surface()
 
-    image = as_image(img)
-    iso = skin_threshold(image) if iso is None else float(iso)
-    canon = canonical_volume(image)
-    field = _skin_field(sitk.GetArrayFromImage(canon), iso)
-    if not (field > iso).any():
-        return vtkPolyData()
-    data = vtkImageData()
-    data.SetDimensions(field.shape[2], field.shape[1], field.shape[0])
-    data.SetSpacing(canon.GetSpacing())
-    data.SetOrigin((np.asarray(canon.GetOrigin()) - np.asarray(canon.GetSpacing())).tolist())
-    scalars = numpy_to_vtk(field.ravel(), deep=True)  # [z, y, x] C order = VTK's x-fastest order
-    data.GetPointData().SetScalars(scalars)
-    surf = vtkFlyingEdges3D()
-    surf.SetInputData(data)
-    surf.SetValue(0, iso)
-    surf.ComputeNormalsOn()
-    surf.ComputeScalarsOff()
-    surf.Update()
-    out = vtkPolyData()
-    out.ShallowCopy(surf.GetOutput())
-    return out
+
+def camera_centre(img: ImageLike, iso: Optional[float] = None) -> np.ndarray:
+    """Physical LPS focal point of the cameras: the centre of the head (see ``_Skin.centre``).
+
+    Render a scan's de-identified copy with the original's centre so the pair stays aligned.
+    """
+    return _Skin(as_image(img), iso).centre()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,14 +264,18 @@ def render_views(img: ImageLike, views: Sequence[str] = VIEWS, size: Tuple[int, 
     """{view: uint8 [H, W, 3]} from one skin surface; ``size`` is (width, height) in pixels.
 
     ``iso``: skin threshold in the image's unit (default ``skin_threshold``); ``centre``: physical
-    LPS focal point (default the FOV centre). Pass both from the original scan when rendering
+    LPS focal point (default ``camera_centre``). Pass both from the original scan when rendering
     its de-identified copy so the two pictures differ only where the heads do.
     """
     for view in views:
         _check_view(view)
-    image = as_image(img)
-    surface = skin_surface(image, iso)
-    focus = fov_centre(image) if centre is None else np.asarray(centre, dtype=np.float64)
+    return _render_skin(_Skin(as_image(img), iso), views, size, centre)
+
+
+def _render_skin(skin: _Skin, views: Sequence[str], size: Tuple[int, int],
+                 centre: Optional[Sequence[float]] = None) -> Dict[str, np.ndarray]:
+    surface = skin.surface()
+    focus = skin.centre() if centre is None else np.asarray(centre, dtype=np.float64)
     scene = _scene()
     return {view: scene.render(surface, view, focus, size) for view in views}
 
@@ -302,16 +332,18 @@ def before_after_figure(before_img: ImageLike, after_img: ImageLike, path: Union
                         size: Tuple[int, int] = (320, 320), singles: bool = False) -> List[Path]:
     """Write a labelled grid PNG (rows: before/after, columns: views) to ``path``.
 
-    Both heads are rendered with the skin threshold and camera focus of ``before``, so the two
+    Both heads are rendered with the skin threshold and camera centre of ``before``, so the two
     rows differ only where the heads do. With ``singles`` each picture is also written next to
     the grid as ``<stem>_<label>_<view>.png``. Returns the written paths, the grid first.
     """
-    before = as_image(before_img)
-    iso, centre = skin_threshold(before), fov_centre(before)
+    for view in views:
+        _check_view(view)
+    skin = _Skin(as_image(before_img))
+    centre = skin.centre()
     if len(labels) != 2 or labels[0] == labels[1]:
         raise ValueError(f"labels must be two different names, got {labels!r}")
-    rows = [(labels[0], render_views(before, views, size, iso, centre)),
-            (labels[1], render_views(after_img, views, size, iso, centre))]
+    rows = [(labels[0], _render_skin(skin, views, size, centre)),
+            (labels[1], _render_skin(_Skin(as_image(after_img), skin.iso), views, size, centre))]
     path = Path(path)
     written = [save_png(figure_grid(rows, views), path)]
     if singles:
