@@ -1,0 +1,353 @@
+"""One audit run: methods -> utility + pictures -> attacker -> privacy scores -> report.
+
+Stages (each reported to the progress reporter and timed):
+
+1. every evaluated scan × method: de-identify, compare with the original (``utility``), render
+   the face (``renders``); a (scan, method) result is cached on disk so that re-running with
+   one more method only computes that method;
+2. the attacker's training pictures: subjects *disjoint* from the evaluated ones (generated
+   cohort subjects far beyond the evaluated indices, or a user's ``train_dir``), each rendered
+   canonically and as several simulated re-scans;
+3. the Siamese attacker is trained (cached as safetensors next to the pictures);
+4. per method, the 5-way identification rate (bootstrap over folds) and the top-α retrieval
+   curve, plus an attacker check on re-scans of the evaluated originals;
+5. ``report`` writes report.html, results.json and results.csv.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import SimpleITK as sitk
+
+from cpmae.audit import attack, renders
+from cpmae.audit.dataset import Scan, discover_scans
+from cpmae.audit.methods import DEFAULT_METHODS, Method, make_cpmae, resolve_methods
+from cpmae.errors import InputError
+from cpmae.progress import NULL, Reporter
+
+TRAIN_INDEX_START = 100_000  # generated training subjects start here: disjoint from any cohort index
+RESCAN_CHECK = "RESCAN"  # privacy-table control: re-scans of the evaluated originals (attacker check)
+
+
+@dataclass
+class AuditSettings:
+    """Everything that changes an audit's numbers (recorded in results.json)."""
+
+    methods: List[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
+    weights: Optional[str] = None
+    resolution: int = 128
+    steps: Optional[int] = None
+    seed: int = 0
+    device: str = "cpu"
+    render_size: int = 160
+    train_subjects: int = 24
+    train_variants: int = 4
+    train_steps: int = 300
+    train_dir: Optional[str] = None
+    folds: int = 1000
+    deepbet: bool = True
+    grid_subjects: Optional[List[str]] = None
+    max_grid_subjects: int = 4
+    cache: bool = True
+    mask_limits: Optional[dict] = None  # relaxes brain-volume checks (phantoms in tests)
+
+
+def machine_description() -> str:
+    """The machine numbers were measured on, in words (CPU model, cores, accelerator)."""
+    import os
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        flags = Path("/proc/cpuinfo").read_text()
+        if "avx512_bf16" in flags:
+            cpu += " with avx512_bf16"
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{os.cpu_count()}-core {cpu}, {gpu}, torch {torch.__version__}, {platform.system()}"
+
+
+# --------------------------------------------------------------------------- stage 1
+def _load_scan(scan: Scan, device: str):
+    """(image, brain mask) of a scan; the mask from its file, else from deepbet."""
+    from cpmae.brainmask import compute_brain_mask, load_mask
+    from cpmae.io import read_image
+
+    image = read_image(scan.image)
+    if scan.mask is not None:
+        brain = load_mask(scan.mask, image)
+    else:
+        brain = compute_brain_mask(image, device=device)
+    if not sitk.GetArrayViewFromImage(brain).any():
+        raise InputError("the brain mask is empty", path=scan.mask or scan.image)
+    return image, brain
+
+
+def _method_fingerprint(method: Method, settings: AuditSettings) -> str:
+    if method.name == "CPMAE":
+        return f"CPMAE|{settings.weights}|{settings.resolution}|{settings.steps}|{settings.device}"
+    return method.name
+
+
+def evaluate_scans(scans: List[Scan], methods: List[Method], settings: AuditSettings, cache: renders.ResultCache,
+                   reporter: Reporter) -> Dict[str, dict]:
+    """Per method: {scan id: {"views": RGB [V,H,W,3], "metrics": {...} | None, "error": str | None}}."""
+    from cpmae.audit.utility import reference_for, utility_metrics
+
+    extractor = None
+    if settings.deepbet:
+        from cpmae.brainmask import compute_brain_mask
+
+        def extractor(img):  # noqa: E306  (the downstream brain extraction a user would run)
+            return compute_brain_mask(img, device=settings.device)
+
+    out: Dict[str, dict] = {m.name: {} for m in methods}
+    with reporter.stage("de-identify, measure, render", len(scans) * len(methods)) as stage:
+        for scan in scans:
+            ref = None
+            image = brain = None
+            base_views = None
+            for method in methods:
+                key = renders.cache_key(renders.file_fingerprint(scan.image),
+                                        scan.mask and renders.file_fingerprint(scan.mask),
+                                        _method_fingerprint(method, settings), settings.seed,
+                                        settings.render_size, settings.deepbet, settings.device)
+                hit = cache.get(key) if settings.cache else None
+                if hit is not None:
+                    arrays, record = hit
+                    out[method.name][scan.id] = {"views": arrays["views"], **record}
+                    stage.advance()
+                    continue
+                if image is None:
+                    image, brain = _load_scan(scan, settings.device)
+                    iso, centre = renders.render_reference(image)
+                record = {"metrics": None, "error": None, "seconds": None}
+                views = None
+                t0 = time.perf_counter()
+                try:
+                    if method.changes_volume:
+                        result = method.volume(image, brain, settings.seed)
+                        views = renders.views_of(result, settings.render_size, iso, centre)
+                    else:  # ORIGINAL and the picture-level controls share the original's pictures
+                        result = image
+                        if base_views is None:
+                            base_views = renders.views_of(image, settings.render_size, iso, centre)
+                        views = base_views
+                    views = renders.apply_filter(views, method.render_filter)
+                    record["seconds"] = time.perf_counter() - t0
+                    if method.render_filter is None:  # utility of a picture-level control is meaningless
+                        if ref is None:
+                            ref = reference_for(image, brain, extractor)
+                        record["metrics"] = utility_metrics(ref, result, extractor)
+                except InputError:
+                    raise
+                except Exception as exc:  # one method failing on one scan must not sink the audit
+                    record["error"] = f"{type(exc).__name__}: {exc}"
+                    reporter.log(f"{scan.id} / {method.name}: {record['error']}")
+                    views = np.zeros((len(renders.VIEWS), settings.render_size, settings.render_size, 3), np.uint8)
+                out[method.name][scan.id] = {"views": views, **record}
+                if record["error"] is None:
+                    cache.put(key, {"views": views}, record)
+                stage.advance()
+    return out
+
+
+# --------------------------------------------------------------------------- stage 2
+def _cohort_seed(cohort_dir: Path) -> int:
+    try:
+        return int(json.loads((cohort_dir / "cohort.json").read_text())["seed"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def _training_images(settings: AuditSettings, cohort_dir: Path, evaluated: List[Scan]):
+    """Yield (fingerprint, image) of the attacker's training subjects, disjoint from the evaluated ones."""
+    if settings.train_dir:
+        train = discover_scans(settings.train_dir)
+        seen = {s.image.resolve() for s in evaluated}
+        train = [s for s in train if s.image.resolve() not in seen]
+        if len(train) < 2:
+            raise InputError("the attacker needs at least two training scans not among the evaluated ones",
+                             path=settings.train_dir)
+        from cpmae.io import read_image
+
+        for s in train[: settings.train_subjects]:
+            yield renders.file_fingerprint(s.image), lambda s=s: read_image(s.image)
+        return
+    from cpmae.cohort import GENERATOR_VERSION, generate_subject
+
+    seed = _cohort_seed(cohort_dir)
+    for i in range(settings.train_subjects):
+        index = TRAIN_INDEX_START + i
+
+        def make(index=index):
+            subj = generate_subject(index, settings.resolution, seed)
+            img = sitk.GetImageFromArray(subj.image.astype(np.float32))
+            img.CopyInformation(subj.reference)
+            return img
+
+        yield f"{GENERATOR_VERSION}|{seed}|{index}|{settings.resolution}", make
+
+
+def training_pictures(settings: AuditSettings, cohort_dir: Path, evaluated: List[Scan],
+                      cache: renders.ResultCache, reporter: Reporter) -> List[np.ndarray]:
+    """Grey pictures ``[train_variants, V, H, W]`` per training subject (index 0 canonical)."""
+    groups = []
+    with reporter.stage("attacker training pictures", settings.train_subjects) as stage:
+        for fingerprint, make in _training_images(settings, cohort_dir, evaluated):
+            key = renders.cache_key("train", fingerprint, settings.render_size, settings.train_variants)
+            hit = cache.get(key) if settings.cache else None
+            if hit is None:
+                image = make()
+                rng = np.random.default_rng(int(key[:8], 16))  # stable across processes
+                pics = [renders.views_of(image, settings.render_size)]
+                pics += [renders.rescan_views(image, settings.render_size, rng)
+                         for _ in range(settings.train_variants - 1)]
+                grey = renders.to_grey(np.stack(pics))
+                cache.put(key, {"grey": grey})
+            else:
+                grey = hit[0]["grey"]
+            groups.append(grey)
+            stage.advance()
+    return groups
+
+
+# --------------------------------------------------------------------------- stage 3
+def trained_attacker(groups: List[np.ndarray], settings: AuditSettings, cache_dir: Optional[Path],
+                     reporter: Reporter):
+    """The attacker, from cache when the same pictures and settings trained it before."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    ts = attack.TrainSettings(steps=settings.train_steps, seed=settings.seed)
+    digest = renders.cache_key("attacker", dataclasses.asdict(ts),
+                               [float(g.astype(np.float64).sum()) for g in groups], [g.shape for g in groups])
+    path = None if cache_dir is None else cache_dir / f"attacker-{digest}.safetensors"
+    net = attack.EmbeddingNet(in_channels=groups[0].shape[1])
+    if path is not None and settings.cache and path.exists():
+        net.load_state_dict(load_file(str(path)))
+        return net.eval(), {"cached": True, "seconds": 0.0, "final_loss": None, "steps": ts.steps}
+    net, log = attack.train_attacker(groups, ts, reporter=reporter, net=net)
+    if path is not None:
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_file({k: v.detach().contiguous() for k, v in net.state_dict().items()}, str(tmp))
+        tmp.replace(path)
+    tail = log.losses[-20:]
+    return net, {"cached": False, "seconds": log.seconds, "final_loss": float(np.mean(tail)) if tail else None,
+                 "first_loss": float(np.mean(log.losses[:20])) if log.losses else None, "steps": ts.steps}
+
+
+# --------------------------------------------------------------------------- stage 4
+def privacy_scores(net, evaluated: Dict[str, dict], scan_ids: List[str], rescans: Optional[np.ndarray],
+                   settings: AuditSettings, reporter: Reporter) -> Dict[str, dict]:
+    """Identification rate and retrieval curve per method (queries: the original pictures)."""
+    originals = renders.to_grey(np.stack([evaluated["ORIGINAL"][s]["views"] for s in scan_ids]))
+    q = attack.embed(net, originals)
+    options = {name: renders.to_grey(np.stack([per[s]["views"] for s in scan_ids])) for name, per in evaluated.items()}
+    if rescans is not None:
+        options[RESCAN_CHECK] = rescans
+    out = {}
+    with reporter.stage("attack", len(options)) as stage:
+        for name, pics in options.items():
+            failed = [s for s in scan_ids if name in evaluated and evaluated[name][s].get("error")]
+            d = attack.distance_matrix(q, attack.embed(net, pics))
+            ident = attack.identification_rate(d, folds=settings.folds, seed=settings.seed)
+            curve = attack.retrieval_curve(d, folds=min(settings.folds, 500), seed=settings.seed)
+            out[name] = {"identification_mean": ident.mean, "identification_sd": ident.sd, "folds": ident.folds,
+                         "n_subjects": ident.n_subjects, "chance": ident.chance, "retrieval": curve,
+                         "failed_scans": failed}
+            stage.advance()
+    return out
+
+
+def rescan_pictures(scans: List[Scan], settings: AuditSettings, cache: renders.ResultCache,
+                    reporter: Reporter) -> np.ndarray:
+    """Grey pictures of one simulated re-scan of each evaluated original (the attacker check)."""
+    out = []
+    with reporter.stage("attacker check pictures", len(scans)) as stage:
+        for i, scan in enumerate(scans):
+            key = renders.cache_key("rescan", renders.file_fingerprint(scan.image), settings.render_size, settings.seed)
+            hit = cache.get(key) if settings.cache else None
+            if hit is None:
+                from cpmae.io import read_image
+
+                rng = np.random.default_rng([settings.seed, i, 0x5CA4])
+                grey = renders.to_grey(renders.rescan_views(read_image(scan.image), settings.render_size, rng))
+                cache.put(key, {"grey": grey})
+            else:
+                grey = hit[0]["grey"]
+            out.append(grey)
+            stage.advance()
+    return np.stack(out)
+
+
+# --------------------------------------------------------------------------- the run
+def run_audit(cohort_dir, out_dir, settings: AuditSettings = AuditSettings(), reporter: Reporter = NULL) -> dict:
+    """Audit every scan of ``cohort_dir`` with ``settings.methods``; write the report into ``out_dir``."""
+    from cpmae.audit import report
+
+    t0 = time.perf_counter()
+    cohort_dir, out_dir = Path(cohort_dir), Path(out_dir)
+    scans = discover_scans(cohort_dir)
+    if len(scans) < attack.N_OPTIONS:
+        raise InputError(f"a {attack.N_OPTIONS}-way identification needs at least {attack.N_OPTIONS} scans, "
+                         f"found {len(scans)}", path=cohort_dir)
+    report.check_output_dir(out_dir)
+    cpmae_fn = None
+    names = [n for n in settings.methods]
+    if not any(n.strip().upper() == "ORIGINAL" for n in names):
+        names = ["ORIGINAL"] + names  # the attack's queries are the original pictures
+    if any(n.strip().upper() == "CPMAE" for n in names):
+        from cpmae.pipeline import pick_device
+        from cpmae.weights import load_bundle
+
+        with reporter.stage("load weights"):
+            bundle = load_bundle(settings.weights, settings.resolution, pick_device(settings.device))
+        cpmae_fn = make_cpmae(settings.weights, settings.resolution, settings.steps, settings.device, bundle=bundle,
+                              mask_limits=settings.mask_limits)
+    methods = resolve_methods(names, cpmae=cpmae_fn)
+    cache_dir = out_dir / "cache" if settings.cache else None
+    cache = renders.ResultCache(cache_dir)
+
+    evaluated = evaluate_scans(scans, methods, settings, cache, reporter)
+    groups = training_pictures(settings, cohort_dir, scans, cache, reporter)
+    net, training = trained_attacker(groups, settings, cache_dir, reporter)
+    rescans = rescan_pictures(scans, settings, cache, reporter)
+    ids = [s.id for s in scans]
+    privacy = privacy_scores(net, evaluated, ids, rescans, settings, reporter)
+
+    results = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_description(),
+        "cohort": str(cohort_dir),
+        "settings": {k: v for k, v in dataclasses.asdict(settings).items() if k != "mask_limits"},
+        "scans": [{"id": s.id, "image": str(s.image), "mask": str(s.mask) if s.mask else None} for s in scans],
+        "methods": [{"name": m.name, "description": m.description, "picture_level": m.render_filter is not None}
+                    for m in methods],
+        "training": {**training, "subjects": len(groups), "variants": settings.train_variants,
+                     "source": settings.train_dir or f"generated cohort subjects {TRAIN_INDEX_START}+"},
+        "privacy": privacy,
+        "utility": {m.name: {s: {k: evaluated[m.name][s].get(k) for k in ("metrics", "error", "seconds")}
+                             for s in ids} for m in methods},
+        "timings": {},
+    }
+    with reporter.stage("report"):
+        results["timings"] = {k: round(v, 2) for k, v in reporter.timings.items()}
+        results["timings"]["total"] = round(time.perf_counter() - t0, 2)
+        paths = report.write_report(out_dir, results, evaluated, settings)
+    results["paths"] = {k: str(v) for k, v in paths.items()}
+    return results
