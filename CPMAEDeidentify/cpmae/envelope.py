@@ -104,7 +104,7 @@ def _row_extremes(mask: np.ndarray) -> np.ndarray:
     last = mask.shape[2] - 1 - mask[:, :, ::-1].argmax(axis=2)[zz, yy]
     lo = np.stack([zz, yy, first], axis=1)
     hi = np.stack([zz, yy, last], axis=1)
-    return np.unique(np.concatenate([lo, hi]), axis=0).astype(np.float64)
+    return np.concatenate([lo, hi]).astype(np.float64)  # one-voxel rows repeat a point: qhull copes
 
 
 def hull_of_mask(mask: np.ndarray) -> np.ndarray:
