@@ -215,3 +215,32 @@ def test_render_speed_at_128_cubed(mean_head):
     pictures = render.render_views(model, size=(320, 320))
     per_view = (time.perf_counter() - start) / len(pictures)
     assert per_view < 1.0, f"{per_view:.2f} s per view"
+
+
+def test_headless_backend_choice():
+    libs = {"EGL": "libEGL.so.1", "OSMesa": "libOSMesa.so.8"}
+    find_all = libs.get
+    assert render.headless_backend({}, "linux", find_all) == "vtkEGLRenderWindow"
+    assert render.headless_backend({}, "linux", {"OSMesa": "x"}.get) == "vtkOSMesaRenderWindow"
+    assert render.headless_backend({"DISPLAY": ":0"}, "linux", find_all) is None
+    assert render.headless_backend({"VTK_DEFAULT_OPENGL_WINDOW": "vtkXOpenGLRenderWindow"}, "linux", find_all) is None
+    assert render.headless_backend({}, "darwin", find_all) is None
+    with pytest.raises(OutputError, match="libEGL"):
+        render.headless_backend({}, "linux", lambda name: None)
+
+
+@pytest.mark.skipif(render._has_library("OSMesa"), reason="OSMesa is installed: forcing it would work")
+def test_missing_backend_is_one_line_not_a_crash(tmp_path):
+    """Forcing OSMesa where it is absent made VTK segfault; now it is exit code 3 and one line."""
+    import os
+    import subprocess
+    import sys
+
+    img, _ = phantom_image(size=32)  # 128 mm: io accepts it as a head
+    sitk.WriteImage(img, str(tmp_path / "head.nii.gz"))
+    env = dict(os.environ, VTK_DEFAULT_OPENGL_WINDOW="vtkOSMesaRenderWindow")
+    proc = subprocess.run([sys.executable, "-m", "cpmae", "render", str(tmp_path / "head.nii.gz"),
+                           str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3, proc.stderr[-500:]
+    assert "cpmae: error: cannot render faces" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -14,9 +14,12 @@ threshold, on the largest connected head component only (specks of noise in the 
 render) with the inside of the head filled (no hidden brain surfaces to rasterise). The same
 input always gives the same pixels.
 
-Without a display, VTK's Linux wheel renders through EGL (Mesa's llvmpipe on a CPU-only machine,
-the GPU driver elsewhere); ``VTK_DEFAULT_OPENGL_WINDOW`` set by the user takes precedence (e.g.
-``vtkOSMesaRenderWindow`` where libOSMesa is installed, which it is not on the build machine).
+Offscreen backends (what was found on the build machine, vtk 9.6 PyPI wheel, Debian 12): the
+wheel picks the OpenGL window at run time from ``VTK_DEFAULT_OPENGL_WINDOW``. Without a display
+it tries X first (warns), then EGL; EGL works here through Mesa's llvmpipe (OpenGL 4.5, no GPU
+needed) and is requested directly. ``vtkOSMesaRenderWindow`` needs libOSMesa, absent here; with
+neither library VTK segfaults in the first Render(), so ``headless_backend`` checks first and
+raises a one-line ``OutputError`` instead. A user's ``VTK_DEFAULT_OPENGL_WINDOW`` always wins.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ import os
 import sys
 import uuid
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -175,23 +178,52 @@ def camera_centre(img: ImageLike, iso: Optional[float] = None) -> np.ndarray:
 # one reusable offscreen scene
 # ---------------------------------------------------------------------------------------------
 
-def _prefer_headless_backend() -> None:
-    """Ask VTK for EGL when there is no X display (it would otherwise try X first and warn)."""
-    if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
-        os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+_HEADLESS_BACKENDS = (("vtkEGLRenderWindow", "EGL"), ("vtkOSMesaRenderWindow", "OSMesa"))
+NO_BACKEND = ("cannot render faces: there is no display and neither libEGL nor libOSMesa is installed "
+              "(Debian/Ubuntu: apt-get install libegl1, or libosmesa6)")
+
+
+def headless_backend(environ=os.environ, platform: str = sys.platform,
+                     find_library: Optional[Callable[[str], Optional[str]]] = None) -> Optional[str]:
+    """The VTK window class to request on a Linux machine without a display, or None to let VTK
+    choose (a display is present, another OS, or the user set ``VTK_DEFAULT_OPENGL_WINDOW``).
+
+    VTK would try X first (and warn), and with neither EGL nor OSMesa present it crashes in the
+    first Render(); this turns that into an ``OutputError`` that says what to install.
+    """
+    if not platform.startswith("linux") or environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY"):
+        return None
+    if environ.get("VTK_DEFAULT_OPENGL_WINDOW"):
+        return None
+    if find_library is None:
+        from ctypes.util import find_library
+    for window_class, library in _HEADLESS_BACKENDS:
+        if find_library(library):
+            return window_class
+    raise OutputError(NO_BACKEND)
+
+
+def _has_library(name: str) -> bool:
+    from ctypes.util import find_library
+
+    return find_library(name) is not None
 
 
 class _Scene:
     """Render window, renderer and skin actor, created once per process and reused."""
 
     def __init__(self) -> None:
-        _prefer_headless_backend()
+        backend = headless_backend()
+        if backend:
+            os.environ["VTK_DEFAULT_OPENGL_WINDOW"] = backend
         import vtkmodules.vtkRenderingOpenGL2  # noqa: F401  (registers the OpenGL factories)
         from vtkmodules.vtkRenderingCore import (vtkActor, vtkPolyDataMapper, vtkRenderer,
                                                  vtkRenderWindow, vtkWindowToImageFilter)
         from vtkmodules.vtkRenderingCore import vtkLightKit
 
         self.window = vtkRenderWindow()
+        if self.window.GetClassName() == "vtkOSOpenGLRenderWindow" and not _has_library("OSMesa"):
+            raise OutputError(NO_BACKEND)  # VTK's last resort would segfault in Render()
         self.window.SetOffScreenRendering(1)
         self.window.SetMultiSamples(0)
         self.renderer = vtkRenderer()
