@@ -68,20 +68,26 @@ def _deepbet(device: str):
     return bet
 
 
-def compute_brain_mask(img: sitk.Image, device: str = "cpu") -> sitk.Image:
-    """deepbet's brain mask of ``img``: uint8 (0/1) with ``img``'s exact geometry."""
+NO_BRAIN = "no brain found by deepbet: is this a T1- or T2-weighted head MRI?"
+
+
+def compute_brain_mask(img: sitk.Image, device: str = "cpu", path: Optional[Union[str, Path]] = None) -> sitk.Image:
+    """deepbet's brain mask of ``img``: uint8 (0/1) with ``img``'s exact geometry.
+
+    ``path`` only names the scan in the error raised when no brain is found.
+    """
     device = _torch_device(device)
     bet = _deepbet(device)
     nifti = sitk_to_nibabel(img)
     try:
         _, mask_nifti, _ = bet.run(nifti)
         mask_ijk = np.asarray(mask_nifti.dataobj)
-    except (AssertionError, ValueError) as exc:  # deepbet's "not enough foreground", empty argmax
-        raise InputError(f"no brain found by deepbet ({exc or 'empty segmentation'})") from None
+    except (AssertionError, ValueError):  # deepbet's "not enough foreground" / argmax of no components
+        raise InputError(NO_BRAIN, path=path) from None
+    if not mask_ijk.any():
+        raise InputError(NO_BRAIN, path=path)
     mask = sitk.GetImageFromArray((nibabel_array_to_sitk_order(mask_ijk) > 0).astype(np.uint8))
     mask.CopyInformation(img)
-    if not mask_ijk.any():
-        raise InputError("no brain found by deepbet (empty segmentation)")
     return mask
 
 

@@ -98,7 +98,7 @@ def _read_file(path: Path) -> sitk.Image:
     if ext not in READ_IO:
         raise InputError(f"unsupported file type '{ext or path.name}'; use NIfTI (.nii, .nii.gz), NRRD "
                          "(.nrrd, .nhdr), MetaImage (.mha, .mhd) or a DICOM series folder", path=path)
-    nifti_header = _check_nifti_file(path) if READ_IO[ext] == "NiftiImageIO" else None
+    nifti = _nifti_header(path) if READ_IO[ext] == "NiftiImageIO" else None
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     reader.SetImageIO(READ_IO[ext])
@@ -110,6 +110,9 @@ def _read_file(path: Path) -> sitk.Image:
     size = list(reader.GetSize())
     _check_header(path, reader.GetDimension(), size, reader.GetSpacing(), reader.GetPixelID(),
                   reader.GetNumberOfComponents())
+    if nifti is not None and not _holds_bytes(path, nifti[1]):  # after the size guard: a huge header says more
+        raise InputError(f"the NIfTI file is truncated or corrupt (holds fewer than the {nifti[1]} bytes its "
+                         "header announces)", path=path)
     if len(size) == 4:  # a single-volume 4-D file: read it as 3-D
         reader.SetExtractIndex([0, 0, 0, 0])
         reader.SetExtractSize(size[:3] + [0])
@@ -118,7 +121,7 @@ def _read_file(path: Path) -> sitk.Image:
     except RuntimeError:
         raise InputError(f"cannot read the voxels: the {_kind(ext)} file is truncated or corrupt",
                          path=path) from None
-    if nifti_header is not None and nifti_header.get_data_dtype().kind == "f":
+    if nifti is not None and nifti[0].get_data_dtype().kind == "f":
         _check_finite(np.asanyarray(_nibabel_load(path).dataobj), path)  # ITK turns NaN/Inf into 0
     return img
 
@@ -129,11 +132,12 @@ def _nibabel_load(path: Path):
     return nib.load(str(path))
 
 
-def _check_nifti_file(path: Path):
-    """Parse the NIfTI header with nibabel and make sure the file holds all its voxels.
+def _nifti_header(path: Path):
+    """(nibabel header, bytes the file must hold) of a NIfTI file, parsed before ITK opens it.
 
-    ITK's NIfTI reader accepts truncated files silently (the missing voxels come back as 0) and
-    prints niftilib errors to stderr on garbage, so the file is checked before ITK opens it.
+    ITK's NIfTI reader prints niftilib errors to stderr on garbage and accepts truncated files
+    silently (the missing voxels come back as 0), so the header is parsed here first and the
+    file's length is checked against it (``_holds_bytes``).
     """
     try:
         nimg = _nibabel_load(path)
@@ -141,10 +145,7 @@ def _check_nifti_file(path: Path):
         expected = offset + int(np.prod(header.get_data_shape(), dtype=np.int64)) * header.get_data_dtype().itemsize
     except Exception:  # nibabel raises many types on garbage; all mean "not a NIfTI file"
         raise InputError("cannot read the header: the file is corrupt or not a NIfTI file", path=path) from None
-    if not _holds_bytes(path, expected):
-        raise InputError(f"the NIfTI file is truncated or corrupt (holds fewer than the {expected} bytes its "
-                         "header announces)", path=path)
-    return header
+    return header, expected
 
 
 def _holds_bytes(path: Path, expected: int) -> bool:

@@ -19,7 +19,7 @@ def run(args) -> int:
 
     check_output_path(args.output, inputs=[args.input], overwrite=args.overwrite)  # fail before the work
     img = read_image(args.input)
-    mask = compute_brain_mask(img, device=args.device)
+    mask = compute_brain_mask(img, device=args.device, path=args.input)
     volume = validate_mask(mask, path=args.input)
     out = write_image(mask, args.output, overwrite=args.overwrite)
     print(f"brain volume: {volume:.0f} cm³")

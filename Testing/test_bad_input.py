@@ -1,0 +1,345 @@
+"""One test per entry of docs/bad-input.md: what the user sees, the exit code, and no output.
+
+Each bad file is built on the fly in tmp_path. Most entries run the real command line
+(``cpmae mask`` or ``cpmae deidentify``) and check that it prints exactly one line,
+``cpmae: error: <file>: <problem>``, exits with the documented code, and leaves nothing (no
+output, no temporary file) in the output folder.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from cpmae.cli import main
+from cpmae.errors import EXIT_INPUT, EXIT_OUTPUT, EXIT_WEIGHTS
+from image_builders import (garbage, head_image, readonly_folder, truncate, write_dicom_series,
+                            write_huge_nifti_header)
+
+
+def refused(argv, capsys, code, names: Path, *phrases, out: Path = None):
+    """Run the CLI and check the one-line refusal; return the line."""
+    rc = main([str(a) for a in argv])
+    err = capsys.readouterr().err.strip()
+    assert rc == code, err
+    assert "\n" not in err and "Traceback" not in err, err
+    assert err.startswith(f"cpmae: error: {names}: "), err
+    for phrase in phrases:
+        assert phrase in err, err
+    if out is not None:
+        assert not out.exists()
+        assert not [p for p in out.parent.iterdir() if ".cpmae-tmp-" in p.name]
+    return err
+
+
+def mask_cli(src: Path, tmp_path: Path, capsys, *phrases, code=EXIT_INPUT):
+    out = tmp_path / "out" / "mask.nii.gz"
+    out.parent.mkdir(exist_ok=True)
+    return refused(["mask", src, out], capsys, code, src, *phrases, out=out)
+
+
+# ----------------------------------------------------------------------------- reading the input
+
+
+def test_missing_file(tmp_path, capsys):
+    mask_cli(tmp_path / "nothere.nii.gz", tmp_path, capsys, "file not found")
+
+
+def test_unsupported_extension(tmp_path, capsys):
+    src = tmp_path / "head.png"
+    sitk.WriteImage(sitk.Image(8, 8, sitk.sitkUInt8), str(src))
+    mask_cli(src, tmp_path, capsys, "unsupported file type '.png'", "NIfTI", "DICOM")
+
+
+def test_truncated_nifti_gz(tmp_path, capsys):
+    src = tmp_path / "head.nii.gz"
+    sitk.WriteImage(head_image(), str(src))
+    truncate(src)
+    mask_cli(src, tmp_path, capsys, "truncated or corrupt")
+
+
+def test_truncated_nifti_uncompressed(tmp_path, capsys):
+    src = tmp_path / "head.nii"
+    sitk.WriteImage(head_image(), str(src))
+    truncate(src, 0.9)
+    mask_cli(src, tmp_path, capsys, "truncated or corrupt")
+
+
+@pytest.mark.parametrize("name", ["head.nii", "head.nii.gz"])
+def test_corrupt_nifti(tmp_path, capsys, name):
+    src = tmp_path / name
+    garbage(src)
+    mask_cli(src, tmp_path, capsys, "corrupt or not a NIfTI file")
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_truncated_nrrd(tmp_path, capsys, compress):
+    src = tmp_path / "head.nrrd"
+    sitk.WriteImage(head_image(), str(src), compress)
+    truncate(src, 0.7)
+    mask_cli(src, tmp_path, capsys, "NRRD file is truncated or corrupt")
+
+
+def test_corrupt_nrrd(tmp_path, capsys):
+    src = tmp_path / "head.nrrd"
+    garbage(src)
+    mask_cli(src, tmp_path, capsys, "corrupt or not a NRRD file")
+
+
+def test_dicom_folder_with_mixed_series(tmp_path, capsys):
+    src = tmp_path / "dicom"
+    uids = ["1.2.826.0.1.3680043.2.1125.7.1", "1.2.826.0.1.3680043.2.1125.7.2"]
+    write_dicom_series(head_image((40, 40, 30)), src, uids[0], "a")
+    write_dicom_series(head_image((40, 40, 30), seed=1), src, uids[1], "b")
+    mask_cli(src, tmp_path, capsys, "mixes 2 DICOM series", uids[0], uids[1])
+
+
+def test_folder_without_dicom(tmp_path, capsys):
+    src = tmp_path / "notes"
+    src.mkdir()
+    (src / "readme.txt").write_text("not an image")
+    mask_cli(src, tmp_path, capsys, "no DICOM series")
+
+
+def test_2d_image(tmp_path, capsys):
+    src = tmp_path / "slice.nii.gz"
+    img = sitk.Image(200, 200, sitk.sitkInt16)
+    sitk.WriteImage(img, str(src))
+    mask_cli(src, tmp_path, capsys, "2-D image")
+
+
+def test_4d_series_is_refused_with_how_to_extract(tmp_path, capsys):
+    src = tmp_path / "bold.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((40, 40, 40, 3), np.int16), np.diag([4, 4, 4, 1.0])), src)
+    mask_cli(src, tmp_path, capsys, "4-D series with 3 volumes", "extract one volume")
+
+
+def test_nan_and_inf_voxels(tmp_path, capsys):
+    src = tmp_path / "nan.nii.gz"
+    arr = sitk.GetArrayFromImage(head_image(dtype=np.float32)).transpose(2, 1, 0)
+    arr[5, 5, 5], arr[6, 6, 6] = np.nan, np.inf
+    nib.save(nib.Nifti1Image(arr, np.diag([4, 4, 4, 1.0])), src)  # ITK alone would read these as 0
+    mask_cli(src, tmp_path, capsys, "2 voxels are NaN or infinite")
+
+
+def test_scaled_integer_nifti_is_read_as_its_scaled_values(tmp_path):
+    """Not refused: the rule is that scl_slope/scl_inter define the image; it comes back float32."""
+    from cpmae.io import read_image, write_image
+
+    src = tmp_path / "scaled.nii.gz"
+    raw = sitk.GetArrayFromImage(head_image()).transpose(2, 1, 0)
+    ni = nib.Nifti1Image(raw, np.diag([4, 4, 4, 1.0]))
+    ni.header.set_slope_inter(0.5, 10.0)
+    nib.save(ni, src)
+    img = read_image(src)
+    assert img.GetPixelID() == sitk.sitkFloat32
+    np.testing.assert_allclose(sitk.GetArrayViewFromImage(img).transpose(2, 1, 0), raw * 0.5 + 10.0)
+    out = write_image(img, tmp_path / "out.nii.gz")
+    written = nib.load(out)
+    assert written.get_data_dtype() == np.float32
+    np.testing.assert_allclose(written.get_fdata(), raw * 0.5 + 10.0)
+
+
+def test_extreme_anisotropy(tmp_path, capsys):
+    src = tmp_path / "thick.nii.gz"
+    sitk.WriteImage(head_image((160, 160, 30), (1.0, 1.0, 6.0)), str(src))
+    mask_cli(src, tmp_path, capsys, "1x1x6 mm is too anisotropic")
+
+
+def test_tiny_field_of_view(tmp_path, capsys):
+    src = tmp_path / "patch.nii.gz"
+    sitk.WriteImage(head_image((40, 40, 40), (1.0, 1.0, 1.0)), str(src))
+    mask_cli(src, tmp_path, capsys, "field of view 40x40x40 mm is too small")
+
+
+def test_volume_larger_than_memory_is_refused_before_allocating(tmp_path, capsys):
+    import resource
+
+    src = tmp_path / "huge.nii"
+    write_huge_nifti_header(src)  # announces 2048³ int16 = 16 GiB, holds 4 KiB
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    mask_cli(src, tmp_path, capsys, "2048x2048x2048 voxels", "larger than this tool accepts")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 512 * 1024  # KiB: nothing allocated
+
+
+def test_vector_pixels(tmp_path, capsys):
+    src = tmp_path / "rgb.nrrd"
+    img = head_image()
+    sitk.WriteImage(sitk.Compose([img, img, img]), str(src))
+    mask_cli(src, tmp_path, capsys, "3 components", "scalar")
+
+
+def test_no_brain_found(tmp_path, capsys):
+    src = tmp_path / "air.nii.gz"
+    sitk.WriteImage(head_image((64, 64, 64)) * 0, str(src))
+    mask_cli(src, tmp_path, capsys, "no brain found")
+
+
+# ----------------------------------------------------------------------------- user-supplied masks
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    """A valid but tiny 128³ bundle, so the CLI gets past loading weights in milliseconds."""
+    import torch
+
+    from cpmae.models.prior import PriorConfig, TokenPrior
+    from cpmae.models.tokenizer import Tokenizer, TokenizerConfig
+    from cpmae.weights import save_bundle
+
+    torch.manual_seed(0)
+    tok = TokenizerConfig(in_size=128, channels=(4, 8), blocks=(1, 1))
+    prior = PriorConfig(embed_dim=4, channels=(8, 8), blocks=1, head_channels=8, attention=False)
+    return save_bundle(tmp_path_factory.mktemp("w") / "tiny-128", Tokenizer(tok), Tokenizer(tok),
+                       TokenPrior(prior), 128, {"training_data": "none: random initialisation for tests"})
+
+
+@pytest.fixture
+def phantom_files(phantom, tmp_path):
+    img, brain = phantom
+    src, mask = tmp_path / "head.nii.gz", tmp_path / "brain.nii.gz"
+    sitk.WriteImage(img, str(src))
+    sitk.WriteImage(brain, str(mask))
+    return src, mask
+
+
+def deidentify_cli(tiny_weights, src, mask, tmp_path, capsys, names, *phrases, code=EXIT_INPUT, extra=()):
+    out = tmp_path / "out" / "deid.nii.gz"
+    out.parent.mkdir(exist_ok=True)
+    argv = ["deidentify", src, out, "--mask", mask, "--weights", tiny_weights, "--resolution", "128",
+            "--steps", "1", "--device", "cpu", "--progress", "none", *extra]
+    return refused(argv, capsys, code, names, *phrases, out=out)
+
+
+def _save_like(arr, reference, path):
+    img = sitk.GetImageFromArray(arr.astype(np.uint8))
+    img.CopyInformation(reference)
+    sitk.WriteImage(img, str(path))
+
+
+def test_user_mask_of_another_geometry(tiny_weights, phantom, phantom_files, tmp_path, capsys):
+    src, _ = phantom_files
+    other = tmp_path / "other.nii.gz"
+    m = sitk.Image(phantom[1])
+    m.SetSpacing((3.0, 3.0, 3.0))
+    sitk.WriteImage(m, str(other))
+    deidentify_cli(tiny_weights, src, other, tmp_path, capsys, other, "mask geometry differs", "(3, 3, 3)",
+                   "(4, 4, 4)")
+
+
+def test_empty_user_mask(tiny_weights, phantom, phantom_files, tmp_path, capsys):
+    src, _ = phantom_files
+    empty = tmp_path / "empty.nii.gz"
+    _save_like(np.zeros((64, 64, 64)), phantom[1], empty)
+    deidentify_cli(tiny_weights, src, empty, tmp_path, capsys, empty, "brain mask is empty")
+
+
+def test_implausible_user_mask_volume(tiny_weights, phantom, phantom_files, tmp_path, capsys):
+    src, _ = phantom_files
+    small = tmp_path / "small.nii.gz"
+    arr = np.zeros((64, 64, 64))
+    arr[28:36, 28:36, 28:36] = 1  # 33 cm³
+    _save_like(arr, phantom[1], small)
+    deidentify_cli(tiny_weights, src, small, tmp_path, capsys, small, "33 cm³ is outside the plausible 800-2200")
+
+
+def test_user_mask_touching_the_border(tiny_weights, phantom, phantom_files, tmp_path, capsys):
+    src, _ = phantom_files
+    cut = tmp_path / "cut.nii.gz"
+    arr = sitk.GetArrayFromImage(phantom[1])
+    arr[32, 32, :] = 1  # a line of "brain" from the brain out through both sides of the scan
+    _save_like(arr, phantom[1], cut)
+    deidentify_cli(tiny_weights, src, cut, tmp_path, capsys, cut, "touches the border")
+
+
+# ----------------------------------------------------------------------------- weights
+
+
+def test_weights_whose_sha256_does_not_match(tiny_weights, phantom_files, tmp_path, capsys):
+    src, mask = phantom_files
+    bad = tmp_path / "tampered"
+    shutil.copytree(tiny_weights, bad)
+    f = bad / "prior.safetensors"
+    data = bytearray(f.read_bytes())
+    data[-1] ^= 0xFF
+    f.write_bytes(bytes(data))
+    out = tmp_path / "out" / "deid.nii.gz"
+    out.parent.mkdir()
+    rc = main(["deidentify", str(src), str(out), "--mask", str(mask), "--weights", str(bad), "--resolution",
+               "128", "--device", "cpu", "--progress", "none"])
+    err = capsys.readouterr().err.strip()
+    assert rc == EXIT_WEIGHTS and "sha256 mismatch" in err and "\n" not in err, err
+    assert not out.exists()
+
+
+def test_weights_for_another_resolution(tiny_weights, phantom_files, tmp_path, capsys):
+    src, mask = phantom_files
+    out = tmp_path / "out" / "deid.nii.gz"
+    out.parent.mkdir()
+    rc = main(["deidentify", str(src), str(out), "--mask", str(mask), "--weights", str(tiny_weights),
+               "--resolution", "256", "--device", "cpu", "--progress", "none"])
+    err = capsys.readouterr().err.strip()
+    assert rc == EXIT_WEIGHTS and "for 128³, not 256³" in err and "\n" not in err, err
+    assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- the output
+
+
+def test_output_path_equal_to_input(tmp_path, capsys):
+    src = tmp_path / "head.nii.gz"
+    sitk.WriteImage(head_image(), str(src))
+    before = src.read_bytes()
+    refused(["mask", src, src, "--overwrite"], capsys, EXIT_OUTPUT, src, "output path is the input")
+    assert src.read_bytes() == before
+
+
+def test_output_path_equal_to_input_through_another_spelling(tmp_path, capsys):
+    src = tmp_path / "head.nii.gz"
+    sitk.WriteImage(head_image(), str(src))
+    (tmp_path / "link").symlink_to(tmp_path, target_is_directory=True)
+    alias = tmp_path / "link" / "." / "head.nii.gz"
+    refused(["mask", src, alias, "--overwrite"], capsys, EXIT_OUTPUT, alias, "output path is the input")
+
+
+def test_output_exists(tmp_path, capsys):
+    src, out = tmp_path / "head.nii.gz", tmp_path / "mask.nii.gz"
+    sitk.WriteImage(head_image(), str(src))
+    out.write_bytes(b"precious")
+    refused(["mask", src, out], capsys, EXIT_OUTPUT, out, "output exists; pass --overwrite")
+    assert out.read_bytes() == b"precious"
+
+
+def test_read_only_output_folder(tmp_path, capsys):
+    src = tmp_path / "head.nii.gz"
+    sitk.WriteImage(head_image(), str(src))
+    folder = readonly_folder(tmp_path)
+    if folder is None:
+        pytest.skip("no folder on this machine refuses file creation")
+    out = folder / "mask.nii.gz"
+    refused(["mask", src, out], capsys, EXIT_OUTPUT, out, "cannot write in output folder")
+
+
+def test_output_folder_missing(tmp_path, capsys):
+    src = tmp_path / "head.nii.gz"
+    sitk.WriteImage(head_image(), str(src))
+    out = tmp_path / "no" / "such" / "mask.nii.gz"
+    refused(["mask", src, out], capsys, EXIT_OUTPUT, out, "does not exist")
+
+
+def test_output_under_a_file(tmp_path, capsys):
+    src = tmp_path / "head.nii.gz"
+    sitk.WriteImage(head_image(), str(src))
+    out = src / "mask.nii.gz"  # the "folder" is the input file
+    refused(["mask", src, out], capsys, EXIT_OUTPUT, out, "is not a folder")
+
+
+def test_unsupported_output_extension(tmp_path, capsys):
+    src = tmp_path / "head.nii.gz"
+    sitk.WriteImage(head_image(), str(src))
+    out = tmp_path / "mask.png"
+    refused(["mask", src, out], capsys, EXIT_OUTPUT, out, "output must end in .nii.gz, .nii or .nrrd")
