@@ -151,6 +151,11 @@ def test_camera_keeps_the_vertex_of_a_tall_scan_in_view():
     assert rows[-1] == SIZE[1] - 1  # the neck runs out of the bottom of the picture
 
 
+def test_fov_centre_is_the_middle_of_the_scan():
+    img = _image(np.zeros((10, 12, 14), np.float32), spacing=2.0, origin=(5.0, -3.0, 1.0))
+    assert np.allclose(render.fov_centre(img), (5.0 + 13.0, -3.0 + 11.0, 1.0 + 9.0))
+
+
 def test_empty_volume_renders_background():
     picture = render.render_face((np.zeros((16, 16, 16), np.float32), (4.0, 4.0, 4.0)), "frontal", SIZE)
     assert picture.max() == 0

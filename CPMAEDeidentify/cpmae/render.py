@@ -80,6 +80,17 @@ def as_image(img: ImageLike) -> sitk.Image:
     return out
 
 
+def fov_centre(img: ImageLike) -> np.ndarray:
+    """Physical LPS centre of the image's field of view.
+
+    An alternative focal point that ignores content; ``camera_centre`` (the default) is safer
+    for scans whose FOV is not centred on the head.
+    """
+    image = as_image(img)
+    size = np.asarray(image.GetSize(), dtype=np.float64)
+    return np.asarray(image.TransformContinuousIndexToPhysicalPoint(((size - 1) / 2.0).tolist()))
+
+
 def canonical_volume(img: sitk.Image, spacing_mm: float = RENDER_SPACING_MM) -> sitk.Image:
     """``img`` resampled (linear, float32) onto an axis-aligned LPS grid covering its whole FOV."""
     size = np.asarray(img.GetSize())
