@@ -282,7 +282,7 @@ class CPMAEDeidentifyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if weights == "":
                 return  # the user declined the download
             self.ui.logTextEdit.clear()
-            job = self.logic.process(p.inputVolume, maskNode=p.brainMask, weights=weights,
+            job = self.logic.process(p.inputVolume, maskNode=p.brainMask, weights=weights, showMask=not p.brainMask,
                                      resolution=int(p.resolution), steps=p.steps or None, seed=p.seed,
                                      device=p.device, waitForCompletion=False, onEvent=self._onJobEvent)
             self._startJob(job, _("De-identifying"))
@@ -382,7 +382,8 @@ class CPMAEDeidentifyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         threshold = rendering.skinThreshold(array)
         for volumeNode, viewNode in zip((p.inputVolume, p.outputVolume), viewNodes):
             display = rendering.showSkinRendering(self.logic.context, volumeNode, threshold)
-            display.SetViewNodeIDs([viewNode.GetID()])
+            display.RemoveAllViewNodeIDs()
+            display.AddViewNodeID(viewNode.GetID())
             viewNode.SetLinkedControl(True)  # one camera drives the other
             viewNode.SetBoxVisible(False)
             viewNode.SetAxisLabelsVisible(False)

@@ -1,7 +1,9 @@
 """The Logic driving the real engine out of process, on a real MRML scene.
 
-The remodel tests need the shipped 128³ demo weights (``cpmae/weights/demo-128``); until they
-are trained they skip with that reason. The brain-mask tests run deepbet (a few seconds).
+The remodel tests use the shipped 128³ demo weights when they exist, otherwise a tiny untrained
+bundle written by the engine's own ``save_bundle``: geometry, bit-identical brain, a new node,
+cancel and clean-up do not depend on training, and the tests run in seconds. The brain-mask
+job runs deepbet once per module (a few seconds on a free core).
 """
 from __future__ import annotations
 
@@ -14,8 +16,27 @@ import SimpleITK as sitk
 
 from CPMAEDeidentifyLib import jobs, volumes
 
-DEMO_128 = jobs.MODULE_DIR / "cpmae" / "weights" / "demo-128" / "manifest.json"
-needs_weights = pytest.mark.skipif(not DEMO_128.is_file(), reason="shipped demo-128 weights not trained yet")
+DEMO_128 = jobs.MODULE_DIR / "cpmae" / "weights" / "demo-128"
+
+
+@pytest.fixture(scope="module")
+def weights_128(engine_commands, tmp_path_factory):
+    """The shipped demo-128 bundle, or a tiny untrained one made with the engine's save_bundle."""
+    if " deidentify " not in engine_commands:
+        pytest.skip("engine has no deidentify command yet")
+    if (DEMO_128 / "manifest.json").is_file():
+        return str(DEMO_128)
+    import torch
+
+    from cpmae.models import PriorConfig, TokenizerConfig, Tokenizer, TokenPrior
+    from cpmae.weights import save_bundle
+
+    torch.manual_seed(0)
+    tokenizer = TokenizerConfig(in_size=128, token_size=32, channels=(8, 16), blocks=(1, 1))
+    prior = PriorConfig(channels=(16, 32), blocks=1, head_channels=16, embed_dim=16)
+    out = tmp_path_factory.mktemp("weights") / "untrained-128"
+    return str(save_bundle(out, Tokenizer(tokenizer), Tokenizer(tokenizer), TokenPrior(prior), 128,
+                           meta={"note": "untrained, for testing the Slicer logic only"}))
 
 
 @pytest.fixture(scope="module")
@@ -99,15 +120,14 @@ def test_cancelled_mask_job_leaves_no_node_and_no_file(logic, context, head_node
         job.raiseForFailure()
 
 
-@needs_weights
 def test_remodel_makes_a_new_node_keeps_the_brain_and_leaves_the_input_alone(logic, context, head_node, mask_job,
-                                                                            tmp_path):
+                                                                            weights_128, tmp_path):
     import slicer
 
     before = _fingerprint(head_node)
     events = []
-    job = logic.process(head_node, maskNode=mask_job[0].result.segmentationNode, resolution=128, seed=3,
-                        onEvent=events.append)
+    job = logic.process(head_node, maskNode=mask_job[0].result.segmentationNode, weights=weights_128,
+                        resolution=128, steps=2, seed=3, showMask=False, onEvent=events.append)
     out = job.outputNode
     assert out is not None and out is not head_node and out.GetID() != head_node.GetID()
     assert out.GetName() == "sub01_deidentified"
@@ -118,7 +138,7 @@ def test_remodel_makes_a_new_node_keeps_the_brain_and_leaves_the_input_alone(log
     after = _fingerprint(head_node)
     assert np.array_equal(before[0], after[0]) and np.array_equal(before[1], after[1])
     # brain voxels bit-identical, face changed
-    brain = sitk.GetArrayViewFromImage(logic.maskImage(job.maskResult.segmentationNode, head_node)) > 0
+    brain = sitk.GetArrayViewFromImage(logic.maskImage(mask_job[0].result.segmentationNode, head_node)) > 0
     original, remodelled = before[1], slicer.util.arrayFromVolume(out)
     assert remodelled.dtype == original.dtype
     assert np.array_equal(remodelled[brain], original[brain])
@@ -135,12 +155,12 @@ def test_remodel_makes_a_new_node_keeps_the_brain_and_leaves_the_input_alone(log
         assert face_difference(a, b, view) > 2.0
 
 
-@needs_weights
-def test_cancelled_remodel_leaves_no_node_and_no_file(logic, context, head_node):
+def test_cancelled_remodel_leaves_no_node_and_no_file(logic, context, head_node, weights_128):
     nodes = _volume_nodes(context.scene)
     count = context.scene.GetNumberOfNodes()
     events = []
-    job = logic.process(head_node, resolution=128, waitForCompletion=False, onEvent=events.append)
+    job = logic.process(head_node, weights=weights_128, resolution=128, waitForCompletion=False,
+                        onEvent=events.append)
     deadline = time.monotonic() + 120
     while job.poll() and not any(e.kind == "stage" and e.data.get("stage") in ("brain mask", "decode") for e in events):
         assert time.monotonic() < deadline
