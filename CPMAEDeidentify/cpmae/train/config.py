@@ -32,6 +32,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio
     warmup_steps: int = 50
     schedule: str = "cosine"  # cosine | linear | constant (after linear warm-up)
+    budget_schedule: bool = False  # with max_minutes: decay by elapsed share of the budget too
     weight_decay: float = 0.0
     beta1: float = 0.9
     beta2: float = 0.99
@@ -43,13 +44,16 @@ class TrainConfig:
     ssim_weight: float = 0.5  # loss = L1 + ssim_weight * (1 - SSIM3D)
     # prior
     clean_weight: float = 0.3  # Paella v3 loss weight of tokens that were not replaced
+    token_crop: int = 0  # prior: train on token_crop³ windows of the token grid (0 = whole grid)
     brain_tokenizer: str = ""  # run folder or weights bundle, for on-the-fly token pairs
     nonbrain_tokenizer: str = ""
     # data: "cohort" (the generated cohort) or a folder written by `cpmae prepare` / `cpmae encode`
     data: str = "cohort"
     cohort_seed: int = 0
     cohort_size: int = 64  # distinct training subjects (generated or first N prepared cases)
-    cache_subjects: int = 4  # generated subjects kept in memory
+    cache_subjects: int = 4  # subjects kept in memory
+    samples_per_subject: int = 1  # consecutive samples (crops) drawn from one subject
+    subject_cache: str = "auto"  # generated subjects on disk: auto (~/.cache/cpmae/train-cohort) | none | folder
     val_subjects: int = 2  # held-out subjects, never trained on
     # model overrides (keys of TokenizerConfig / PriorConfig)
     model: Dict[str, Any] = field(default_factory=dict)
@@ -87,6 +91,8 @@ class TrainConfig:
             bad(f"precision must be fp32 or bf16, not {self.precision!r}")
         if self.crop < 0 or self.crop > self.resolution:
             bad(f"crop must be between 0 and the resolution ({self.resolution}), not {self.crop}")
+        if self.token_crop < 0 or self.token_crop % 4:
+            bad(f"token_crop must be 0 or a multiple of 4, not {self.token_crop}")
         if self.cohort_size < 1:
             bad("cohort_size must be >= 1")
         return self

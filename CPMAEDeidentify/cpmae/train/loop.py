@@ -27,14 +27,19 @@ from cpmae.train.data import rank_indices
 from cpmae.train.logs import MetricsLog, plot_curves
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Learning rate for optimizer step ``step`` (0-based): linear warm-up, then decay."""
+def lr_at(step: int, cfg: TrainConfig, budget_frac: float = 0.0) -> float:
+    """Learning rate for optimizer step ``step`` (0-based): linear warm-up, then decay.
+
+    ``budget_frac`` (share of the wall-time budget used) lets a time-limited run finish its
+    decay when the budget, not the step count, ends it (``budget_schedule``); such a run is
+    not step-deterministic, which is why it is off by default.
+    """
     if cfg.warmup_steps and step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     if cfg.schedule == "constant":
         return cfg.lr
     span = max(1, cfg.steps - cfg.warmup_steps)
-    frac = min(1.0, (step - cfg.warmup_steps) / span)
+    frac = min(1.0, max((step - cfg.warmup_steps) / span, budget_frac))
     floor = cfg.lr * cfg.min_lr_ratio
     if cfg.schedule == "linear":
         return floor + (cfg.lr - floor) * (1.0 - frac)
@@ -148,7 +153,11 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, reporter: Repor
                             total=max(0, cfg.steps - start)) as bar:
             while step < cfg.steps:
                 t0 = time.perf_counter()
-                lr = lr_at(step, cfg)
+                budget_frac = 0.0
+                if cfg.budget_schedule and cfg.max_minutes > 0:
+                    budget_frac = (time.perf_counter() - t_start) / (cfg.max_minutes * 60)
+                    budget_frac = dist_.mean(budget_frac, info, device)  # one lr on every rank
+                lr = lr_at(step, cfg, budget_frac)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 batch = task.batch(rank_indices(step, cfg.batch_size, info.rank, info.world), device)

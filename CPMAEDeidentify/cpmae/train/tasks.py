@@ -6,6 +6,7 @@ loss, and validates on held-out subjects. The generic loop in ``loop.py`` does t
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -30,7 +31,9 @@ def build_model(task: str, model_config: Dict[str, Any]) -> torch.nn.Module:
 
 def subject_source(cfg: TrainConfig) -> D.SubjectSource:
     if cfg.data == "cohort":
-        return D.cohort_source(cfg.resolution, cfg.cohort_seed, cfg.cohort_size, cfg.val_subjects, cfg.cache_subjects)
+        disk = {"auto": D.default_disk_cache(), "none": None, "": None}.get(cfg.subject_cache, cfg.subject_cache)
+        return D.cohort_source(cfg.resolution, cfg.cohort_seed, cfg.cohort_size, cfg.val_subjects,
+                               cfg.cache_subjects, None if disk is None else Path(disk))
     return D.prepared_source(cfg.data, cfg.resolution, cfg.cohort_size, cfg.val_subjects, cfg.cache_subjects)
 
 
@@ -59,7 +62,7 @@ class TokenizerTask:
         c = self.cfg
         xs = []
         for i in indices:
-            vol = self.source.train(D.subject_for_sample(i, self.source.n_train, c.seed))
+            vol = self.source.train(D.subject_for_sample(i, self.source.n_train, c.seed, c.samples_per_subject))
             xs.append(self._sample(vol, D.sample_rng(i, c.seed), c.flip_prob))
         return torch.from_numpy(D.stack(xs)).to(device)
 
@@ -128,10 +131,29 @@ class PriorTask:
             brain = torch.full_like(brain, self.pairs.codebook_size)  # TokenPrior's "no condition" index
         return noisy[0], brain, torch.tensor(t, dtype=torch.float32), target, replaced[0]
 
+    def crop_pair(self, pair, rng: np.random.Generator):
+        """A ``token_crop``³ window of a token pair: with probability ``face_bias`` centred on a
+        non-brain token that is not the commonest code (air / masked brain), else anywhere."""
+        k = self.cfg.token_crop
+        brain, nonbrain = pair
+        if not k or k >= max(nonbrain.shape):
+            return pair
+        centre = rng.integers(0, nonbrain.shape)
+        if rng.random() < self.cfg.face_bias:
+            background = np.bincount(nonbrain.ravel()).argmax()
+            busy = np.argwhere(nonbrain != background)
+            if len(busy):
+                centre = busy[rng.integers(len(busy))]
+        z, y, x = D.window_corner(centre, nonbrain.shape, k, 1)
+        return brain[z:z + k, y:y + k, x:x + k], nonbrain[z:z + k, y:y + k, x:x + k]
+
     def batch(self, indices: List[int], device):
         c = self.cfg
-        items = [self._noised(self.pairs.train(D.subject_for_sample(i, self.pairs.n_train, c.seed)),
-                              D.sample_rng(i, c.seed)) for i in indices]
+        items = []
+        for i in indices:
+            rng = D.sample_rng(i, c.seed)
+            pair = self.pairs.train(D.subject_for_sample(i, self.pairs.n_train, c.seed, c.samples_per_subject))
+            items.append(self._noised(self.crop_pair(pair, rng), rng))
         return tuple(torch.stack(parts).to(device) for parts in zip(*items))
 
     def loss(self, model, batch):
