@@ -36,6 +36,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     beta1: float = 0.9
     beta2: float = 0.99
+    adam_eps: float = 1e-8  # Adam's epsilon; larger values damp updates of near-zero gradients
     grad_clip: float = 1.0  # max global L2 norm; 0 disables
     # tokenizer data and loss
     crop: int = 128  # cube side of training crops on the model grid (0 = whole volume)

@@ -103,7 +103,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, reporter: Repor
         model = prepare_model(task.build(), cfg, device)
         bare = model
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                                      weight_decay=cfg.weight_decay)
+                                      eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
         start, elapsed_before = 0, 0.0
         ckpt = C.latest_checkpoint(run_dir) if resume else None
         if ckpt is not None:
