@@ -11,6 +11,7 @@ utility metrics of those two are therefore not meaningful and are reported as su
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
@@ -77,7 +78,9 @@ def quickshear_method(image: sitk.Image, brain: sitk.Image, seed: int) -> sitk.I
     anat = sitk_to_nibabel(image)
     mask = sitk_to_nibabel(brain)
     buff = max(1, int(round(QUICKSHEAR_BUFFER_MM / float(np.mean(image.GetSpacing())))))
-    defaced = quickshear(anat, mask, buff=buff)
+    with warnings.catch_warnings():  # quickshear 1.2 uses 2-D np.cross, deprecated in NumPy 2
+        warnings.simplefilter("ignore", DeprecationWarning)
+        defaced = quickshear(anat, mask, buff=buff)
     arr = nibabel_array_to_sitk_order(np.asarray(defaced.dataobj))
     return _same_grid(_cast_like(arr, sitk.GetArrayViewFromImage(image)), image)
 

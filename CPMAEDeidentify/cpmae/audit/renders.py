@@ -32,9 +32,10 @@ RESCAN_GAMMA_RANGE = (0.85, 1.15)
 
 def render_reference(image: sitk.Image) -> Tuple[float, np.ndarray]:
     """(skin threshold, focal point) of an original scan, shared by all its methods' pictures."""
-    from cpmae.render import fov_centre, skin_threshold
+    from cpmae.render import camera_centre, skin_threshold
 
-    return skin_threshold(image), fov_centre(image)
+    iso = skin_threshold(image)
+    return iso, camera_centre(image, iso)
 
 
 def views_of(image: sitk.Image, size: int, iso: Optional[float] = None,

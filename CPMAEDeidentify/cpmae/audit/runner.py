@@ -31,7 +31,7 @@ from cpmae.audit import attack, renders
 from cpmae.audit.dataset import Scan, discover_scans
 from cpmae.audit.methods import DEFAULT_METHODS, Method, make_cpmae, resolve_methods
 from cpmae.errors import InputError
-from cpmae.progress import NULL, Reporter
+from cpmae.progress import Reporter
 
 TRAIN_INDEX_START = 100_000  # generated training subjects start here: disjoint from any cohort index
 RESCAN_CHECK = "RESCAN"  # privacy-table control: re-scans of the evaluated originals (attacker check)
@@ -296,9 +296,13 @@ def rescan_pictures(scans: List[Scan], settings: AuditSettings, cache: renders.R
 
 
 # --------------------------------------------------------------------------- the run
-def run_audit(cohort_dir, out_dir, settings: AuditSettings = AuditSettings(), reporter: Reporter = NULL) -> dict:
+def run_audit(cohort_dir, out_dir, settings: Optional[AuditSettings] = None,
+              reporter: Optional[Reporter] = None) -> dict:
     """Audit every scan of ``cohort_dir`` with ``settings.methods``; write the report into ``out_dir``."""
     from cpmae.audit import report
+
+    settings = settings or AuditSettings()
+    reporter = reporter or Reporter("none")  # a fresh one: its stage timings are this run's only
 
     t0 = time.perf_counter()
     cohort_dir, out_dir = Path(cohort_dir), Path(out_dir)

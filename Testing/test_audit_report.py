@@ -1,0 +1,115 @@
+"""End to end: ``run_audit`` on a folder of head phantoms, through the real rendering, attacker
+training, scoring and report code (small pictures and few training steps so that it is fast).
+
+Phantoms differ in nose length and head size; the attacker trains on other phantoms
+(``train_dir``), never on the evaluated ones. CPMAE is left out here to keep the module fast
+(its brain bit-identity through the audit's method is tested in test_audit_methods.py).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from cpmae.audit.runner import AuditSettings, run_audit
+from phantoms import phantom_image
+
+N_EVAL = 6
+N_TRAIN = 6
+
+
+def _write_phantoms(folder, seeds):
+    folder.mkdir(parents=True)
+    for s in seeds:
+        rng = np.random.default_rng(s)
+        img, mask = phantom_image(seed=s, nose=rng.uniform(0.4, 1.6), spacing=rng.uniform(3.6, 4.4))
+        sitk.WriteImage(img, str(folder / f"ph{s:03d}.nii.gz"))
+        sitk.WriteImage(mask, str(folder / f"ph{s:03d}_mask.nii.gz"))
+
+
+@pytest.fixture(scope="module")
+def audited(tmp_path_factory):
+    root = tmp_path_factory.mktemp("audit")
+    _write_phantoms(root / "eval", range(N_EVAL))
+    _write_phantoms(root / "train", range(100, 100 + N_TRAIN))
+    settings = AuditSettings(
+        methods=["ORIGINAL", "BLACK", "BLURRED", "QUICKSHEAR", "FACE_BLUR", "SKULL_STRIP"],
+        render_size=64, train_subjects=N_TRAIN, train_variants=3, train_steps=25, train_dir=str(root / "train"), folds=400, deepbet=False,
+        mask_limits={"min_cm3": 1})
+    results = run_audit(root / "eval", root / "out", settings)
+    return root, settings, results
+
+
+def test_original_identified_and_black_at_chance(audited):
+    _, _, results = audited
+    p = results["privacy"]
+    assert p["ORIGINAL"]["identification_mean"] > 95.0
+    assert abs(p["BLACK"]["identification_mean"] - 20.0) < 8.0
+    assert p["BLACK"]["identification_sd"] > 0  # a genuine bootstrap, not a constant
+    for name in ("ORIGINAL", "BLACK", "QUICKSHEAR", "SKULL_STRIP", "RESCAN"):
+        assert p[name]["n_subjects"] == N_EVAL
+        assert len(p[name]["retrieval"]["mean"]) == len(p[name]["retrieval"]["alpha"])
+
+
+def test_utility_quickshear_removes_face_others_keep_brain(audited):
+    _, _, results = audited
+    u = results["utility"]
+    for scan, r in u["QUICKSHEAR"].items():
+        assert r["error"] is None, r
+        assert r["metrics"]["face_present"] < 0.2
+        assert r["metrics"]["brain_identical"]
+    for name in ("ORIGINAL", "FACE_BLUR", "SKULL_STRIP"):
+        for scan, r in u[name].items():
+            assert r["metrics"]["brain_identical"] and r["metrics"]["brain_max_abs_diff"] == 0.0
+    for scan, r in u["BLACK"].items():
+        assert r["metrics"] is None  # picture-level control: no utility row
+    assert all(r["metrics"]["face_present"] == 0.0 for r in u["SKULL_STRIP"].values())
+    assert results["utility_summary"]["QUICKSHEAR"]["brain_identical"] == N_EVAL
+
+
+def test_report_files_written_and_readable(audited):
+    root, _, results = audited
+    out = root / "out"
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "<table id='privacy'>" in html and "<table id='utility'>" in html
+    for name in ("ORIGINAL", "BLACK", "QUICKSHEAR", "FACE_BLUR", "SKULL_STRIP", "RESCAN"):
+        assert f"<td>{name}</td>" in html
+    assert html.count("data:image/png;base64,") >= 2  # render grid + retrieval curves embedded
+    assert "src=\"http" not in html  # self-contained
+    data = json.loads((out / "results.json").read_text())
+    assert data["privacy"]["ORIGINAL"]["identification_mean"] == results["privacy"]["ORIGINAL"]["identification_mean"]
+    assert len(data["scans"]) == N_EVAL and data["machine"]
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert {r["method"] for r in rows} >= {"ORIGINAL", "SKULL_STRIP", "RESCAN"}
+    assert sum(r["method"] == "QUICKSHEAR" for r in rows) == N_EVAL
+    assert not list(out.glob(".*tmp*"))  # no temporary files left behind
+
+
+def test_rerun_uses_cache_and_gives_same_numbers(audited):
+    root, settings, results = audited
+    again = run_audit(root / "eval", root / "out", settings)
+    assert again["training"]["cached"]
+    for name, p in results["privacy"].items():
+        assert again["privacy"][name]["identification_mean"] == pytest.approx(p["identification_mean"])
+    assert again["timings"]["total"] < results["timings"]["total"]
+
+
+def test_cli_bad_folder_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "cpmae", "audit", str(tmp_path / "nope"), "--out",
+                           str(tmp_path / "r")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "no such folder" in proc.stderr
+
+
+def test_too_few_scans_refused(tmp_path):
+    from cpmae.errors import InputError
+
+    _write_phantoms(tmp_path / "few", range(3))
+    with pytest.raises(InputError, match="at least 5"):
+        run_audit(tmp_path / "few", tmp_path / "out", AuditSettings(deepbet=False))
