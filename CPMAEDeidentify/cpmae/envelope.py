@@ -26,6 +26,7 @@ from cpmae.errors import InputError
 HISTOGRAM_BINS = 256
 OTSU_SUBSAMPLE = 2  # every 2nd voxel per axis is plenty for a 256-bin histogram
 HALFSPACE_TOLERANCE = 1e-3  # voxels; hull vertices are voxel centres, keep them inside
+POOL_ABOVE_VOXELS = 96 ** 3  # larger volumes find the head component on a 2x-pooled grid
 
 
 def foreground_threshold(array: np.ndarray) -> float:
@@ -80,12 +81,16 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     return mask | ~reaches_border[labels]
 
 
-def _foreground(array: np.ndarray, threshold: Optional[float]) -> np.ndarray:
+def _foreground(array: np.ndarray, threshold: Optional[float], fast: bool = False) -> np.ndarray:
+    """Largest connected component above ``threshold``; ``fast``: a pooled superset for big volumes."""
     arr = np.asarray(array)
     if arr.ndim != 3:
         raise InputError(f"expected a 3D volume, got an array of shape {arr.shape}")
     thr = foreground_threshold(arr) if threshold is None else float(threshold)
-    return largest_component(arr > thr)
+    fg = arr > thr
+    if fast and fg.size > POOL_ABOVE_VOXELS:
+        return _pooled_largest_component(fg)
+    return largest_component(fg)
 
 
 def head_mask(array: np.ndarray, threshold: Optional[float] = None) -> np.ndarray:
@@ -133,28 +138,52 @@ def _fill_slices(out: np.ndarray, hull: ConvexHull) -> None:
     """Set out[z, y, x] inside the hull, one z-slice at a time.
 
     A slice of a convex polytope is the convex polygon bounded by the facets that cross the
-    slice, so each slice only tests the few facets whose z-range covers it, and each x-row of the
-    slice meets the polygon in one interval [lower, upper] (qhull: inside <=> a.p + b <= 0).
+    slice, so each slice only tests the ~100-200 facets whose z-range covers it, and each x-row
+    meets the polygon in one interval [lower, upper]. With qhull's a.p + b <= 0 inside, a facet
+    with a_x != 0 bounds x on a row by a linear function of y, (tol - b - a_z z - a_y y) / a_x.
     """
     nx = out.shape[2]
-    planes = hull.equations  # [F, 4] over (z, y, x, 1), outward unit normals
-    corner_z = hull.points[hull.simplices, 0]  # [F, 3]
+    a_z, a_y, a_x, off = hull.equations.T  # outward unit normals over (z, y, x)
+    corner_z = hull.points[hull.simplices, 0]
     f_zmin, f_zmax = corner_z.min(axis=1), corner_z.max(axis=1)
-    y_lo, y_hi = int(hull.min_bound[1]), int(hull.max_bound[1])
-    ys = np.arange(y_lo, y_hi + 1, dtype=np.float64)
-    x_index = np.arange(nx, dtype=np.float64)
     tol = HALFSPACE_TOLERANCE
+    kinds = {"upper": a_x > 1e-12, "lower": a_x < -1e-12, "flat": np.abs(a_x) <= 1e-12}
+    y_lo, y_hi = int(hull.min_bound[1]), int(hull.max_bound[1])
+    ys = np.arange(y_lo, y_hi + 1, dtype=np.float64)[:, None]
+    x_index = np.arange(nx, dtype=np.float64)
     for z in range(int(hull.min_bound[0]), int(hull.max_bound[0]) + 1):
         crossing = (f_zmin <= z + tol) & (f_zmax >= z - tol)
-        a_z, a_y, a_x, off = planes[crossing].T
-        # per row and facet: a_x * x + rest <= tol
-        rest = (off + a_z * z)[None, :] + ys[:, None] * a_y[None, :]
-        bound = (tol - rest) / np.where(np.abs(a_x) > 1e-12, a_x, 1.0)[None, :]
-        upper = np.where(a_x > 1e-12, bound, np.inf).min(axis=1)
-        lower = np.where(a_x < -1e-12, bound, -np.inf).max(axis=1)
-        flat_ok = ~np.where(np.abs(a_x) <= 1e-12, rest > tol, False).any(axis=1)
-        upper = np.where(flat_ok, upper, -np.inf)
+        bounds = {}
+        for kind in ("upper", "lower"):
+            f = crossing & kinds[kind]
+            slope = -a_y[f] / a_x[f]
+            intercept = (tol - off[f] - a_z[f] * z) / a_x[f]
+            bounds[kind] = intercept[None, :] + ys * slope[None, :]
+        upper = bounds["upper"].min(axis=1) if bounds["upper"].shape[1] else np.full(len(ys), np.inf)
+        lower = bounds["lower"].max(axis=1) if bounds["lower"].shape[1] else np.full(len(ys), -np.inf)
+        f = crossing & kinds["flat"]
+        if f.any():  # planes parallel to x: a row is either wholly outside or unconstrained
+            outside = ((off[f] + a_z[f] * z)[None, :] + ys * a_y[f][None, :] > tol).any(axis=1)
+            upper = np.where(outside, -np.inf, upper)
         out[z, y_lo:y_hi + 1, :] = (x_index >= lower[:, None]) & (x_index <= upper[:, None])
+
+
+def _pooled_largest_component(fg: np.ndarray) -> np.ndarray:
+    """Voxels of ``fg`` inside the largest component of its 2x-pooled (any) grid.
+
+    A superset of the exact largest component (it may keep specks within a voxel or two of the
+    head), found by labelling an 8x smaller grid: the hull does not notice the difference,
+    the clock does (labelling a 256³ mask is most of the envelope's time).
+    """
+    even = [n + n % 2 for n in fg.shape]
+    padded = np.zeros(even, dtype=bool)
+    padded[:fg.shape[0], :fg.shape[1], :fg.shape[2]] = fg
+    pooled = padded[0::2] | padded[1::2]
+    pooled = pooled[:, 0::2] | pooled[:, 1::2]
+    pooled = pooled[:, :, 0::2] | pooled[:, :, 1::2]
+    keep = largest_component(pooled)
+    keep = keep.repeat(2, axis=0).repeat(2, axis=1).repeat(2, axis=2)
+    return fg & keep[:fg.shape[0], :fg.shape[1], :fg.shape[2]]
 
 
 def head_envelope(array: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0),
@@ -167,4 +196,4 @@ def head_envelope(array: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0),
     """
     if len(tuple(spacing)) != 3 or min(float(s) for s in spacing) <= 0:
         raise InputError(f"spacing must be three positive numbers, got {tuple(spacing)}")
-    return hull_of_mask(_foreground(array, threshold))
+    return hull_of_mask(_foreground(array, threshold, fast=True))
