@@ -92,7 +92,13 @@ def fov_centre(img: ImageLike) -> np.ndarray:
 
 
 def canonical_volume(img: sitk.Image, spacing_mm: float = RENDER_SPACING_MM) -> sitk.Image:
-    """``img`` resampled (linear, float32) onto an axis-aligned LPS grid covering its whole FOV."""
+    """``img`` resampled (linear, float32) onto an axis-aligned LPS grid covering its whole FOV.
+
+    A scan already on such a grid (the engine's 128³ model grid) is only cast to float32.
+    """
+    if (np.allclose(img.GetDirection(), np.eye(3).ravel(), atol=1e-6)
+            and np.allclose(img.GetSpacing(), spacing_mm, rtol=0, atol=1e-6)):
+        return sitk.Cast(img, sitk.sitkFloat32)
     size = np.asarray(img.GetSize())
     corners = np.array([img.TransformContinuousIndexToPhysicalPoint([float(c) for c in (i, j, k)])
                         for i in (-0.5, size[0] - 0.5) for j in (-0.5, size[1] - 0.5)
@@ -259,6 +265,7 @@ class _Scene:
         self.grabber.SetInput(self.window)
         self.grabber.SetInputBufferTypeToRGB()
         self.grabber.ReadFrontBufferOff()
+        self.grabber.ShouldRerenderOff()  # render() has just rendered: reading must not render again
 
     def render(self, surface, view: str, centre: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
         from vtkmodules.util.numpy_support import vtk_to_numpy
