@@ -9,6 +9,8 @@ deterministic. Every vertex of the hull of a voxel set is the first or last fore
 some x-row, so the hull is built from those row extremes only (tens of thousands of points,
 not millions), and because the hull is convex each x-row meets it in a single interval, so the
 volume is filled by evaluating the hull's half-spaces once per row instead of once per voxel.
+For big volumes the head component is found on a 2x-pooled grid (labelling is otherwise most of
+the cost); measured on the 2-core build machine: ~0.2 s at 128³, ~0.8 s at 256³.
 
 ``head_mask`` is the "head" of the face-present metrics: the largest connected foreground
 component, with enclosed cavities (ventricles, sinuses cut off from the air) filled.
