@@ -150,7 +150,10 @@ def utility_metrics(ref: Reference, output: sitk.Image, extractor: Optional[Brai
     head = head_mask(out, ref.head_threshold)
     res["face_present"] = float((head & ref.face).sum() / ref.face.sum()) if ref.face.any() else float("nan")
     res["envelope_dice"] = dice(hull_of_mask(head), ref.envelope)
-    extracted, tissue = _downstream(output, out, ref.brain, extractor)
+    if output is ref.image:  # the unchanged scan (ORIGINAL): its downstream results are the reference's
+        extracted, tissue = ref.extracted, ref.tissue
+    else:
+        extracted, tissue = _downstream(output, out, ref.brain, extractor)
     res["deepbet_dice"] = dice(extracted, ref.extracted) if extracted is not None else None
     per_class = [dice(tissue == k, ref.tissue == k) for k in range(1, len(TISSUE_CLASSES) + 1)]
     for name, value in zip(TISSUE_CLASSES, per_class):
