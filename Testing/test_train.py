@@ -224,3 +224,19 @@ def test_cli_refuses_to_overwrite_a_run_and_bad_data(tmp_path, prepared):
     assert main(args + ["--resume", "--lr", "0.1"]) == 2  # cannot change lr when resuming
     assert main(["train", "tokenizer", "--out", str(tmp_path / "r2"), "--data", str(tmp_path / "nowhere"),
                  "--progress", "none"]) == 2
+
+
+def test_memory_options_train_the_same_model(tmp_path, prepared):
+    """Activation checkpointing and channels-last change memory layout, not the maths.
+
+    (adam_eps=1e-4: with 1e-8 Adam turns float-noise gradients into lr-sized steps, see the DDP test.)
+    """
+    plain = train(tiny_tokenizer_config(prepared, steps=2, checkpoint_every=0, adam_eps=1e-4), tmp_path / "plain")
+    both = train(tiny_tokenizer_config(prepared, steps=2, checkpoint_every=0, adam_eps=1e-4,
+                                       activation_checkpointing=True, channels_last=True), tmp_path / "both")
+    assert both["loss"] == pytest.approx(plain["loss"], rel=1e-4)
+    a, b = final_tensors(tmp_path / "plain"), final_tensors(tmp_path / "both")
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5), k
+    bf16 = train(tiny_tokenizer_config(prepared, steps=1, checkpoint_every=0, precision="bf16"), tmp_path / "bf16")
+    assert np.isfinite(bf16["loss"])
