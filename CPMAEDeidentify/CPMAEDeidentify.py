@@ -15,6 +15,7 @@ import slicer
 import vtk
 from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
+from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, Minimum, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
@@ -41,7 +42,7 @@ class CPMAEDeidentify(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("CPMAE Deidentify")
-        self.parent.categories = [_("Neuroimaging")]
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Neuroimaging")]
         self.parent.dependencies = []  # PyTorch extension used when installed, not required to load
         self.parent.contributors = ["CPMAE contributors"]
         self.parent.helpText = _(
@@ -118,10 +119,10 @@ class CPMAEDeidentifyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.connect("clicked(bool)", self.onApply)
         self.ui.modelSelector.connect("currentIndexChanged(int)", self.onModelChanged)
         self.ui.showFaceQAButton.connect("clicked(bool)", self.onShowFaceQA)
-        self.ui.qaViewComboBox.connect("currentIndexChanged(int)", lambda _: self._aimFaceQACameras())
+        self.ui.qaViewComboBox.connect("currentIndexChanged(int)", lambda index=0: self._aimFaceQACameras())
         self.ui.exportPngButton.connect("clicked(bool)", self.onExportPng)
-        self.ui.trainStartButton.connect("clicked(bool)", lambda: self.onTrainStart(resume=False))
-        self.ui.trainResumeButton.connect("clicked(bool)", lambda: self.onTrainStart(resume=True))
+        self.ui.trainStartButton.connect("clicked(bool)", lambda checked=False: self.onTrainStart(resume=False))
+        self.ui.trainResumeButton.connect("clicked(bool)", lambda checked=False: self.onTrainStart(resume=True))
         self.ui.trainStopButton.connect("clicked(bool)", self.onTrainStop)
         self.ui.checkpointListWidget.connect("currentRowChanged(int)",
                                              lambda row: self.ui.useModelButton.setEnabled(row >= 0))
@@ -226,18 +227,18 @@ class CPMAEDeidentifyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         entry = next((e for e in self._catalogue if e.name == self._parameterNode.modelName), None)
         if entry is None:
             return None  # engine default for the resolution
-        if not models.isAvailable(entry) and not entry.builtin:
-            if not slicer.util.confirmOkCancelDisplay(
-                    _("Download the model '{name}' ({size:.0f} MB, licence {licence}) from\n{url}?").format(
-                        name=entry.name, size=entry.size / 1e6, licence=entry.licence, url=entry.url)):
-                return ""
-        with slicer.util.WaitCursor():
-            progress = slicer.util.createProgressDialog(labelText=_("Downloading {name}").format(name=entry.name),
-                                                        maximum=100)
-            try:
-                folder = models.ensureModel(entry, lambda done, total: self._downloadProgress(progress, done, total))
-            finally:
-                progress.close()
+        if entry.builtin or models.isAvailable(entry):
+            return str(models.ensureModel(entry))  # no download; a missing built-in bundle is a clear error
+        if not slicer.util.confirmOkCancelDisplay(
+                _("Download the model '{name}' ({size:.0f} MB, licence {licence}) from\n{url}?").format(
+                    name=entry.name, size=entry.size / 1e6, licence=entry.licence, url=entry.url)):
+            return ""
+        progress = slicer.util.createProgressDialog(labelText=_("Downloading {name}").format(name=entry.name),
+                                                    maximum=100)
+        try:
+            folder = models.ensureModel(entry, lambda done, total: self._downloadProgress(progress, done, total))
+        finally:
+            progress.close()
         self._fillModelSelector()
         self._selectModel(entry.name)
         return str(folder)

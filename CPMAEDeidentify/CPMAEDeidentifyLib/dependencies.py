@@ -19,6 +19,7 @@ REQUIREMENTS = {
     "scipy": "scipy>=1.10",
     "tqdm": "tqdm>=4.60",
     "yaml": "pyyaml>=6.0",
+    "PIL": "pillow>=10",  # the engine's own renderings (cpmae render / deidentify --render)
 }
 TORCH_REQUIREMENT = "torch>=2.2"
 

@@ -7,6 +7,7 @@ job runs deepbet once per module (a few seconds on a free core).
 """
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 
@@ -26,17 +27,20 @@ def weights_128(engine_commands, tmp_path_factory):
         pytest.skip("engine has no deidentify command yet")
     if (DEMO_128 / "manifest.json").is_file():
         return str(DEMO_128)
-    import torch
-
-    from cpmae.models import PriorConfig, TokenizerConfig, Tokenizer, TokenPrior
-    from cpmae.weights import save_bundle
-
-    torch.manual_seed(0)
-    tokenizer = TokenizerConfig(in_size=128, token_size=32, channels=(8, 16), blocks=(1, 1))
-    prior = PriorConfig(channels=(16, 32), blocks=1, head_channels=16, embed_dim=16)
     out = tmp_path_factory.mktemp("weights") / "untrained-128"
-    return str(save_bundle(out, Tokenizer(tokenizer), Tokenizer(tokenizer), TokenPrior(prior), 128,
-                           meta={"note": "untrained, for testing the Slicer logic only"}))
+    # in a child process, like every engine call: this test process (like Slicer's) never imports torch
+    script = (
+        "import sys, torch\n"
+        "from cpmae.models import PriorConfig, TokenizerConfig, Tokenizer, TokenPrior\n"
+        "from cpmae.weights import save_bundle\n"
+        "torch.manual_seed(0)\n"
+        "t = TokenizerConfig(in_size=128, token_size=32, channels=(8, 16), blocks=(1, 1))\n"
+        "p = PriorConfig(channels=(16, 32), blocks=1, head_channels=16, embed_dim=16)\n"
+        "save_bundle(sys.argv[1], Tokenizer(t), Tokenizer(t), TokenPrior(p), 128,\n"
+        "            meta={'note': 'untrained, for testing the Slicer logic only'})\n")
+    subprocess.run([jobs.enginePython(), "-c", script, str(out)], check=True, env=jobs.engineEnvironment(),
+                   timeout=300)
+    return str(out)
 
 
 @pytest.fixture(scope="module")

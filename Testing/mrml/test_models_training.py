@@ -118,3 +118,14 @@ def test_training_session_stop_kills_the_running_stage(tmp_path, monkeypatch):
     session.stop()
     assert session.state == jobs.CANCELLED and not session.runner.running
     assert not session.poll()
+
+
+def test_missing_packages_are_found_without_importing_them(monkeypatch):
+    from CPMAEDeidentifyLib import dependencies
+
+    assert dependencies.missingPackages() == []  # this venv has the engine's dependencies
+    monkeypatch.setitem(dependencies.REQUIREMENTS, "no_such_module_cpmae", "no-such-package>=1")
+    assert dependencies.missingPackages() == ["no-such-package>=1"]
+    asked = []
+    assert dependencies.ensureDependencies(lambda message: asked.append(message) or False) is False
+    assert "no-such-package>=1" in asked[0]  # the user is asked first, and declining installs nothing
