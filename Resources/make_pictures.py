@@ -28,6 +28,8 @@ def main() -> int:
     parser.add_argument("--resolution", type=int, choices=(128, 256), default=256)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--icons-only", action="store_true")
+    parser.add_argument("--weights", default=None, help="weights bundle (default: the shipped one)")
+    parser.add_argument("--out", type=Path, default=HERE, help="folder for CPMAE.png and Screenshots/")
     args = parser.parse_args()
 
     from cpmae.samples import ensure_sample
@@ -41,16 +43,20 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         # icon: the averaged head in profile, 128x128
         written = rendering.renderFaceViews(context, {"icon": head}, tmp, views=("profile",), size=(128, 128))
-        for target in (HERE / "CPMAE.png", REPO / "CPMAEDeidentify" / "Resources" / "Icons" / "CPMAEDeidentify.png"):
+        args.out.mkdir(parents=True, exist_ok=True)
+        icons = [args.out / "CPMAE.png"]
+        if args.out == HERE:
+            icons.append(REPO / "CPMAEDeidentify" / "Resources" / "Icons" / "CPMAEDeidentify.png")
+        for target in icons:
             shutil.copyfile(written["icon_profile"], target)
             print(f"wrote {target}")
         if args.icons_only:
             return 0
-        job = logic.process(head, resolution=args.resolution, seed=args.seed)
+        job = logic.process(head, resolution=args.resolution, seed=args.seed, weights=args.weights)
         pictures = logic.renderFaces(head, job.outputNode, tmp, size=(384, 384))
-        (HERE / "Screenshots").mkdir(exist_ok=True)
+        (args.out / "Screenshots").mkdir(parents=True, exist_ok=True)
         for view in ("frontal", "profile"):
-            target = HERE / "Screenshots" / f"face_qa_{view}.png"
+            target = args.out / "Screenshots" / f"face_qa_{view}.png"
             shutil.copyfile(pictures[f"pair_{view}"], target)
             print(f"wrote {target} (left: input, right: remodelled at {args.resolution}³, seed {args.seed})")
     return 0

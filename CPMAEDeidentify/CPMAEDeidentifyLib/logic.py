@@ -140,6 +140,8 @@ class DeidentifyJob(EngineJob):
             # the input node's exact IJK-to-RAS, not the float32-rounded NIfTI header
             node = self._addNode(volumes.addVolumeNodeFromImage(self.logic.context.scene, image, self.outputName,
                                                                 ijkToRas=inputMatrix))
+            # same place in the world: a registration transform on the input applies to the output too
+            node.SetAndObserveTransformNodeID(self.inputNode.GetTransformNodeID())
             inputDisplay, outputDisplay = self.inputNode.GetDisplayNode(), node.GetDisplayNode()
             if inputDisplay is not None and outputDisplay is not None and inputDisplay.IsA("vtkMRMLScalarVolumeDisplayNode"):
                 outputDisplay.SetAutoWindowLevel(False)

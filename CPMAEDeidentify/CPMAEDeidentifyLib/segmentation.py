@@ -47,6 +47,7 @@ def addSegmentationFromMask(context, maskImage, referenceVolumeNode, name: str):
     try:
         segmentationNode.CreateDefaultDisplayNodes()
         segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolumeNode)
+        segmentationNode.SetAndObserveTransformNodeID(referenceVolumeNode.GetTransformNodeID())
         if not context.segmentationsLogic.ImportLabelmapToSegmentationNode(labelmap, segmentationNode):
             raise InputError("Slicer could not turn the brain mask into a segmentation", path=name)
         segmentation = segmentationNode.GetSegmentation()

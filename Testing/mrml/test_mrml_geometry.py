@@ -88,3 +88,14 @@ def test_colour_volume_is_refused_with_one_line(context):
     slicer.util.updateVolumeFromArray(rgb, np.zeros((4, 5, 6, 3), np.uint8))
     with pytest.raises(InputError, match="photo: .*components"):
         volumes.imageFromVolumeNode(rgb)
+
+
+def test_mask_segmentation_follows_the_inputs_parent_transform(context, head):
+    from CPMAEDeidentifyLib import segmentation, volumes
+
+    image, mask = head
+    node = volumes.addVolumeNodeFromImage(context.scene, image, "head")
+    transform = context.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "registration")
+    node.SetAndObserveTransformNodeID(transform.GetID())
+    seg = segmentation.addSegmentationFromMask(context, mask, node, "mask")
+    assert seg.GetTransformNodeID() == transform.GetID()
