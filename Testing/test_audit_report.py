@@ -36,6 +36,7 @@ def _write_phantoms(folder, seeds):
 def audited(tmp_path_factory):
     root = tmp_path_factory.mktemp("audit")
     _write_phantoms(root / "eval", range(N_EVAL))
+    (root / "eval" / "ph999.nii.gz").write_bytes(b"not a NIfTI file")  # one unreadable scan: skipped
     _write_phantoms(root / "train", range(100, 100 + N_TRAIN))
     settings = AuditSettings(
         methods=["ORIGINAL", "BLACK", "BLURRED", "QUICKSHEAR", "FACE_BLUR", "SKULL_STRIP"],
@@ -70,6 +71,14 @@ def test_utility_quickshear_removes_face_others_keep_brain(audited):
         assert r["metrics"] is None  # picture-level control: no utility row
     assert all(r["metrics"]["face_present"] == 0.0 for r in u["SKULL_STRIP"].values())
     assert results["utility_summary"]["QUICKSHEAR"]["brain_identical"] == N_EVAL
+
+
+def test_unreadable_scan_skipped_and_named(audited):
+    root, _, results = audited
+    assert list(results["skipped"]) == ["ph999"]
+    assert "ph999.nii.gz" in results["skipped"]["ph999"]
+    assert all("ph999" not in per for per in results["utility"].values())
+    assert "ph999" in (root / "out" / "report.html").read_text(encoding="utf-8")
 
 
 def test_report_files_written_and_readable(audited):

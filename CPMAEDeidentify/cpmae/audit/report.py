@@ -252,6 +252,13 @@ def _cell(v) -> str:
     return html.escape(str(v))
 
 
+def _skipped(skipped: Dict[str, str]) -> str:
+    if not skipped:
+        return ""
+    items = "".join(f"<li>{html.escape(sid)}: {html.escape(why)}</li>" for sid, why in skipped.items())
+    return f"<p class='bad'>{len(skipped)} scan(s) could not be read and are not in the tables:</p><ul>{items}</ul>"
+
+
 def build_html(results: dict, summaries: Dict[str, dict], grid_png: bytes, curve_png: bytes,
                grid_subjects: List[str]) -> str:
     picture_level = {m["name"]: m["picture_level"] for m in results["methods"]}
@@ -265,6 +272,7 @@ def build_html(results: dict, summaries: Dict[str, dict], grid_png: bytes, curve
 <h1>De-identification audit</h1>
 <p>{len(results['scans'])} scans from <code>{html.escape(results['cohort'])}</code>, created
 {html.escape(results['created'])} on {html.escape(results['machine'])}. Total time {results['timings'].get('total', 0):.0f} s.</p>
+{_skipped(results.get('skipped') or {})}
 
 <h2>Privacy: model-based re-identification</h2>
 {_privacy_table(results['privacy'])}

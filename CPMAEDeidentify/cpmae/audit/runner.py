@@ -104,8 +104,10 @@ def _method_fingerprint(method: Method, settings: AuditSettings) -> str:
 
 
 def evaluate_scans(scans: List[Scan], methods: List[Method], settings: AuditSettings, cache: renders.ResultCache,
-                   reporter: Reporter) -> Dict[str, dict]:
-    """Per method: {scan id: {"views": RGB [V,H,W,3], "metrics": {...} | None, "error": str | None}}."""
+                   reporter: Reporter):
+    """(per method {scan id: {"views": RGB [V,H,W,3], "metrics": {...} | None, "error": str | None}},
+    {scan id: why it was skipped}). An unreadable scan is skipped, not fatal: one bad file among
+    a hundred should not cost the other ninety-nine."""
     from cpmae.audit.utility import reference_for, utility_metrics
 
     extractor = None
@@ -116,6 +118,7 @@ def evaluate_scans(scans: List[Scan], methods: List[Method], settings: AuditSett
             return compute_brain_mask(img, device=settings.device)
 
     out: Dict[str, dict] = {m.name: {} for m in methods}
+    skipped: Dict[str, str] = {}
     with reporter.stage("de-identify, measure, render", len(scans) * len(methods)) as stage:
         for scan in scans:
             ref = None
@@ -133,7 +136,13 @@ def evaluate_scans(scans: List[Scan], methods: List[Method], settings: AuditSett
                     stage.advance()
                     continue
                 if image is None:
-                    image, brain = _load_scan(scan, settings.device)
+                    try:
+                        image, brain = _load_scan(scan, settings.device)
+                    except InputError as exc:
+                        skipped[scan.id] = str(exc)
+                        reporter.log(f"skipped: {exc}")
+                        stage.advance(len(methods) - methods.index(method))
+                        break
                     iso, centre = renders.render_reference(image)
                 record = {"metrics": None, "error": None, "seconds": None}
                 views = None
@@ -153,8 +162,6 @@ def evaluate_scans(scans: List[Scan], methods: List[Method], settings: AuditSett
                         if ref is None:
                             ref = reference_for(image, brain, extractor)
                         record["metrics"] = utility_metrics(ref, result, extractor)
-                except InputError:
-                    raise
                 except Exception as exc:  # one method failing on one scan must not sink the audit
                     record["error"] = f"{type(exc).__name__}: {exc}"
                     reporter.log(f"{scan.id} / {method.name}: {record['error']}")
@@ -163,7 +170,10 @@ def evaluate_scans(scans: List[Scan], methods: List[Method], settings: AuditSett
                 if record["error"] is None:
                     cache.put(key, {"views": views}, record)
                 stage.advance()
-    return out
+    for per in out.values():
+        for sid in skipped:
+            per.pop(sid, None)
+    return out, skipped
 
 
 # --------------------------------------------------------------------------- stage 2
@@ -327,7 +337,11 @@ def run_audit(cohort_dir, out_dir, settings: Optional[AuditSettings] = None,
     cache_dir = out_dir / "cache" if settings.cache else None
     cache = renders.ResultCache(cache_dir)
 
-    evaluated = evaluate_scans(scans, methods, settings, cache, reporter)
+    evaluated, skipped = evaluate_scans(scans, methods, settings, cache, reporter)
+    scans = [s for s in scans if s.id not in skipped]
+    if len(scans) < attack.N_OPTIONS:
+        raise InputError(f"only {len(scans)} readable scans (skipped: {'; '.join(skipped.values())}); "
+                         f"at least {attack.N_OPTIONS} are needed", path=cohort_dir)
     groups = training_pictures(settings, cohort_dir, scans, cache, reporter)
     net, training = trained_attacker(groups, settings, cache_dir, reporter)
     rescans = rescan_pictures(scans, settings, cache, reporter)
@@ -340,6 +354,7 @@ def run_audit(cohort_dir, out_dir, settings: Optional[AuditSettings] = None,
         "cohort": str(cohort_dir),
         "settings": {k: v for k, v in dataclasses.asdict(settings).items() if k != "mask_limits"},
         "scans": [{"id": s.id, "image": str(s.image), "mask": str(s.mask) if s.mask else None} for s in scans],
+        "skipped": skipped,
         "methods": [{"name": m.name, "description": m.description, "picture_level": m.render_filter is not None}
                     for m in methods],
         "training": {**training, "subjects": len(groups), "variants": settings.train_variants,
