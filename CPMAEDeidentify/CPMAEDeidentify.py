@@ -52,7 +52,21 @@ class CPMAEDeidentify(ScriptedLoadableModule):
             "in the Face QA section before sharing data.")
         self.parent.acknowledgementText = _(
             "Method after CP-MAE (MICCAI 2024) and CP-GAN. Brain extraction by deepbet. "
-            "Sample head: MRHead (Slicer sample data).")
+            "Sample heads: MRHead (Slicer sample data) and pydeface's averaged head (MIT licence).")
+        # Sample Data registration needs the application fully started
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData() -> None:
+    """Add pydeface's averaged head to the Sample Data module (category CPMAE)."""
+    import os
+
+    import SampleData
+
+    from CPMAEDeidentifyLib.sampledata import AVERAGED_HEAD
+
+    icon = os.path.join(os.path.dirname(__file__), "Resources", "Icons", "CPMAEDeidentify.png")
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(thumbnailFileName=icon, **AVERAGED_HEAD)
 
 
 #

@@ -129,3 +129,11 @@ def test_missing_packages_are_found_without_importing_them(monkeypatch):
     asked = []
     assert dependencies.ensureDependencies(lambda message: asked.append(message) or False) is False
     assert "no-such-package>=1" in asked[0]  # the user is asked first, and declining installs nothing
+
+
+def test_registered_sample_head_is_the_averaged_head_the_engine_uses(mean_head):
+    """The Sample Data entry's checksum matches the file in the pydeface wheel (the only publishable face)."""
+    from CPMAEDeidentifyLib.sampledata import AVERAGED_HEAD
+
+    assert AVERAGED_HEAD["checksums"] == "SHA256:" + hashlib.sha256(mean_head.read_bytes()).hexdigest()
+    assert AVERAGED_HEAD["uris"].startswith("https://") and "pydeface" in AVERAGED_HEAD["uris"]
