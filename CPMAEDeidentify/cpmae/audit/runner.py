@@ -97,25 +97,28 @@ def _load_scan(scan: Scan, device: str):
     return image, brain
 
 
-def _method_fingerprint(method: Method, settings: AuditSettings) -> str:
+def _method_fingerprint(method: Method, settings: AuditSettings, weights_id: str) -> str:
+    """What a cached (scan, method) result depends on besides the scan (a user method: its name only,
+    so re-run with --no-cache after editing one)."""
     if method.name == "CPMAE":
-        return f"CPMAE|{settings.weights}|{settings.resolution}|{settings.steps}|{settings.device}"
+        return f"CPMAE|{weights_id}|{settings.resolution}|{settings.steps}|{settings.device}"
     return method.name
 
 
 def evaluate_scans(scans: List[Scan], methods: List[Method], settings: AuditSettings, cache: renders.ResultCache,
-                   reporter: Reporter):
+                   reporter: Reporter, weights_id: str = ""):
     """(per method {scan id: {"views": RGB [V,H,W,3], "metrics": {...} | None, "error": str | None}},
     {scan id: why it was skipped}). An unreadable scan is skipped, not fatal: one bad file among
     a hundred should not cost the other ninety-nine."""
     from cpmae.audit.utility import reference_for, utility_metrics
 
     extractor = None
-    if settings.deepbet:
+    if settings.deepbet:  # the downstream brain extraction a user would run
+        import functools
+
         from cpmae.brainmask import compute_brain_mask
 
-        def extractor(img):  # noqa: E306  (the downstream brain extraction a user would run)
-            return compute_brain_mask(img, device=settings.device)
+        extractor = functools.partial(compute_brain_mask, device=settings.device)
 
     out: Dict[str, dict] = {m.name: {} for m in methods}
     skipped: Dict[str, str] = {}
@@ -127,7 +130,7 @@ def evaluate_scans(scans: List[Scan], methods: List[Method], settings: AuditSett
             for method in methods:
                 key = renders.cache_key(renders.file_fingerprint(scan.image),
                                         scan.mask and renders.file_fingerprint(scan.mask),
-                                        _method_fingerprint(method, settings), settings.seed,
+                                        _method_fingerprint(method, settings, weights_id), settings.seed,
                                         settings.render_size, settings.deepbet, settings.device)
                 hit = cache.get(key) if settings.cache else None
                 if hit is not None:
@@ -240,7 +243,6 @@ def training_pictures(settings: AuditSettings, cohort_dir: Path, evaluated: List
 def trained_attacker(groups: List[np.ndarray], settings: AuditSettings, cache_dir: Optional[Path],
                      reporter: Reporter):
     """The attacker, from cache when the same pictures and settings trained it before."""
-    import torch
     from safetensors.torch import load_file, save_file
 
     ts = attack.TrainSettings(steps=settings.train_steps, seed=settings.seed)
@@ -322,6 +324,7 @@ def run_audit(cohort_dir, out_dir, settings: Optional[AuditSettings] = None,
                          f"found {len(scans)}", path=cohort_dir)
     report.check_output_dir(out_dir)
     cpmae_fn = None
+    weights_id = ""
     names = [n for n in settings.methods]
     if not any(n.strip().upper() == "ORIGINAL" for n in names):
         names = ["ORIGINAL"] + names  # the attack's queries are the original pictures
@@ -331,13 +334,14 @@ def run_audit(cohort_dir, out_dir, settings: Optional[AuditSettings] = None,
 
         with reporter.stage("load weights"):
             bundle = load_bundle(settings.weights, settings.resolution, pick_device(settings.device))
+        weights_id = bundle.sha256  # the cache must not serve results of other weights under the same name
         cpmae_fn = make_cpmae(settings.weights, settings.resolution, settings.steps, settings.device, bundle=bundle,
                               mask_limits=settings.mask_limits)
     methods = resolve_methods(names, cpmae=cpmae_fn)
     cache_dir = out_dir / "cache" if settings.cache else None
     cache = renders.ResultCache(cache_dir)
 
-    evaluated, skipped = evaluate_scans(scans, methods, settings, cache, reporter)
+    evaluated, skipped = evaluate_scans(scans, methods, settings, cache, reporter, weights_id)
     scans = [s for s in scans if s.id not in skipped]
     if len(scans) < attack.N_OPTIONS:
         raise InputError(f"only {len(scans)} readable scans (skipped: {'; '.join(skipped.values())}); "
@@ -355,6 +359,7 @@ def run_audit(cohort_dir, out_dir, settings: Optional[AuditSettings] = None,
         "settings": {k: v for k, v in dataclasses.asdict(settings).items() if k != "mask_limits"},
         "scans": [{"id": s.id, "image": str(s.image), "mask": str(s.mask) if s.mask else None} for s in scans],
         "skipped": skipped,
+        "weights_sha256": weights_id or None,
         "methods": [{"name": m.name, "description": m.description, "picture_level": m.render_filter is not None}
                     for m in methods],
         "training": {**training, "subjects": len(groups), "variants": settings.train_variants,
