@@ -240,3 +240,37 @@ def test_memory_options_train_the_same_model(tmp_path, prepared):
         assert torch.allclose(a[k], b[k], atol=1e-5), k
     bf16 = train(tiny_tokenizer_config(prepared, steps=1, checkpoint_every=0, precision="bf16"), tmp_path / "bf16")
     assert np.isfinite(bf16["loss"])
+
+
+def test_sigterm_checkpoints_and_resume_continues_exactly(tmp_path, prepared):
+    """A real signal to a real process: SIGTERM -> checkpoint of the current step, exit 130;
+    --resume then continues as if nothing happened (constant lr, so the step count can change)."""
+    import signal
+    import time
+
+    import yaml
+
+    settings = dict(tiny_tokenizer_config(prepared).to_dict(), steps=100000, checkpoint_every=100000,
+                    schedule="constant", warmup_steps=0, batch_size=1)
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(settings))
+    run = tmp_path / "terminated"
+    proc = subprocess.Popen([sys.executable, "-m", "cpmae", "train", "tokenizer", "--config", str(tmp_path / "cfg.yaml"),
+                             "--out", str(run), "--progress", "none"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "checkpoint saved" in err and "Traceback" not in err
+    k = read_state(latest_checkpoint(run))["step"]
+    assert k >= 3
+    cfg = TrainConfig.from_dict(dict(settings, steps=k + 2))
+    train(cfg, run, resume=True)
+    train(cfg, tmp_path / "straight")
+    assert read_state(latest_checkpoint(run))["step"] == k + 2
+    assert_bitwise_equal(final_tensors(tmp_path / "straight"), final_tensors(run))

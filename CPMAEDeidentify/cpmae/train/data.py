@@ -122,9 +122,15 @@ def read_manifest(folder: Path) -> dict:
     if not path.is_file():
         raise InputError("not a prepared dataset (no manifest.json; run `cpmae prepare` first)", path=folder)
     try:
-        return json.loads(path.read_text())
+        manifest = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise InputError(f"manifest.json is not valid JSON ({exc.msg})", path=path) from None
+    if manifest.get("kind") == "cpmae-tokens":
+        raise InputError("this is a token dataset from `cpmae encode`: it trains the prior, not a tokenizer",
+                         path=folder)
+    if manifest.get("kind") != "cpmae-prepared":
+        raise InputError("manifest.json is not a dataset written by `cpmae prepare`", path=path)
+    return manifest
 
 
 def prepared_source(folder: Path, resolution: int, n_train: int, n_val: int, cache: int = 4) -> SubjectSource:

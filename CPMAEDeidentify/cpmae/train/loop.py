@@ -11,14 +11,17 @@ from __future__ import annotations
 import functools
 import math
 import resource
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
 
-from cpmae.errors import InputError
+from cpmae.errors import Cancelled, InputError
 from cpmae.progress import NULL, Reporter
 from cpmae.train import checkpoint as C
 from cpmae.train import distributed as dist_
@@ -81,16 +84,40 @@ def _to_channels_last(batch):
     return batch
 
 
+@contextmanager
+def stop_on_sigterm():
+    """SIGTERM (a scheduler's time limit, the Slicer panel's cancel, torchrun shutting down) sets
+    a flag instead of killing the process, so the loop can checkpoint the step it is on."""
+    flag = {"stop": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        flag["stop"] = True
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, reporter: Reporter = NULL,
           task=None, stop_at: Optional[int] = None) -> Dict[str, Any]:
     """Train until ``cfg.steps`` (or the wall-time budget, or ``stop_at`` — a test hook that
     imitates a kill right after checkpoint ``stop_at``). Returns a summary dict."""
-    from cpmae.train.tasks import make_task
-
     run_dir = Path(run_dir)
     info = dist_.from_env()
     device = dist_.pick_device(cfg.device, info)
     dist_.init(info, device)
+    with stop_on_sigterm() as sigterm:
+        return _train(cfg, run_dir, resume, reporter, task, stop_at, info, device, sigterm)
+
+
+def _train(cfg, run_dir, resume, reporter, task, stop_at, info, device, sigterm):
+    from cpmae.train.tasks import make_task
+
     try:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -187,8 +214,12 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, reporter: Repor
                     last_val = validate(step)
                 out_of_time = cfg.max_minutes > 0 and (time.perf_counter() - t_start) > cfg.max_minutes * 60
                 out_of_time = dist_.any_true(out_of_time, info, device)
-                if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or out_of_time:
+                terminated = dist_.any_true(sigterm["stop"], info, device)
+                if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or out_of_time or terminated:
                     save(step, elapsed)
+                if terminated:
+                    raise Cancelled(f"terminated at step {step}; checkpoint saved, continue with --resume",
+                                    path=run_dir)
                 if stop_at is not None and step >= stop_at:
                     return {"step": step, "stopped": "stop_at", "loss": last_loss}
                 if out_of_time:
