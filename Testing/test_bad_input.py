@@ -8,6 +8,7 @@ output, no temporary file) in the output folder.
 from __future__ import annotations
 
 import shutil
+import struct
 from pathlib import Path
 
 import nibabel as nib
@@ -88,6 +89,17 @@ def test_corrupt_nrrd(tmp_path, capsys):
     src = tmp_path / "head.nrrd"
     garbage(src)
     mask_cli(src, tmp_path, capsys, "corrupt or not a NRRD file")
+
+
+@pytest.mark.parametrize("srow_x", [(4.0, 0.0, 0.0, np.inf), (4.0, 0.0, 0.0, np.nan), (4.0, 0.0, 0.0, -3.7e16)])
+def test_nifti_with_broken_orientation_fields(tmp_path, capsys, srow_x):
+    """An infinite sform entry makes ITK's reader hang forever; it is refused before ITK sees it."""
+    src = tmp_path / "head.nii"
+    sitk.WriteImage(head_image(), str(src))
+    data = bytearray(src.read_bytes())
+    struct.pack_into("<4f", data, 280, *srow_x)  # srow_x, used since sform_code = 1
+    src.write_bytes(bytes(data))
+    mask_cli(src, tmp_path, capsys, "holds NaN, infinite or absurd values")
 
 
 def test_dicom_folder_with_mixed_series(tmp_path, capsys):

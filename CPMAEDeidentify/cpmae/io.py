@@ -49,6 +49,7 @@ MAX_VOXELS = 2 ** 30  # a 1024³ volume; far beyond any head MRI
 MAX_RAM_FRACTION = 0.5  # never allocate more than half of the memory available now
 MAX_ANISOTROPY = 4.0  # max/min voxel spacing
 MIN_EXTENT_MM = 100.0  # smallest field of view (per axis) that can hold a head
+MAX_GEOMETRY_MM = 1e6  # |spacing|, |origin| and affine entries beyond a kilometre are header damage
 
 # What SimpleITK/ITK may write into NIfTI text fields; anything else in an output is a leak.
 NIFTI_DESCRIP = "cpmae"
@@ -103,7 +104,8 @@ def _read_file(path: Path) -> sitk.Image:
     reader.SetFileName(str(path))
     reader.SetImageIO(READ_IO[ext])
     try:
-        reader.ReadImageInformation()
+        with _itk_warnings_off():
+            reader.ReadImageInformation()
     except RuntimeError:
         raise InputError(f"cannot read the header: the file is corrupt or not a {_kind(ext)} file",
                          path=path) from None
@@ -117,7 +119,8 @@ def _read_file(path: Path) -> sitk.Image:
         reader.SetExtractIndex([0, 0, 0, 0])
         reader.SetExtractSize(size[:3] + [0])
     try:
-        img = reader.Execute()
+        with _itk_warnings_off():
+            img = reader.Execute()
     except RuntimeError:
         raise InputError(f"cannot read the voxels: the {_kind(ext)} file is truncated or corrupt",
                          path=path) from None
@@ -139,12 +142,26 @@ def _nifti_header(path: Path):
     silently (the missing voxels come back as 0), so the header is parsed here first and the
     file's length is checked against it (``_holds_bytes``).
     """
+    import nibabel as nib
+
     try:
-        nimg = _nibabel_load(path)
-        header, offset = nimg.header, int(nimg.dataobj.offset)  # img.header's own offset is reset to 0
-        expected = offset + int(np.prod(header.get_data_shape(), dtype=np.int64)) * header.get_data_dtype().itemsize
+        with nib.imageglobals.LoggingOutputSuppressor():  # nibabel logs header fix-ups to stderr
+            nimg = _nibabel_load(path)
+            header, offset = nimg.header, int(nimg.dataobj.offset)  # img.header's own offset is reset to 0
+            expected = offset + int(np.prod(header.get_data_shape(), dtype=np.int64)) * header.get_data_dtype().itemsize
     except Exception:  # nibabel raises many types on garbage; all mean "not a NIfTI file"
         raise InputError("cannot read the header: the file is corrupt or not a NIfTI file", path=path) from None
+    # ITK hangs on an infinite sform entry and passes NaN through to the origin: refuse them here
+    fields = []
+    if header["sform_code"] > 0:
+        fields += ["srow_x", "srow_y", "srow_z"]
+    if header["qform_code"] > 0:
+        fields += ["quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y", "qoffset_z"]
+    values = np.concatenate([header["pixdim"][1:4].astype(np.float64)]
+                            + [np.ravel(header[f]).astype(np.float64) for f in fields])
+    if not np.all(np.isfinite(values)) or np.abs(values).max() > MAX_GEOMETRY_MM:
+        raise InputError("the NIfTI header's spacing or orientation (pixdim, qform, sform) holds NaN, infinite "
+                         "or absurd values", path=path)
     return header, expected
 
 
@@ -269,6 +286,11 @@ def _check_voxels(img: sitk.Image, path: Path) -> None:
     if img.GetDimension() != 3:
         raise InputError(f"{img.GetDimension()}-D image; a 3-D head volume is needed", path=path)
     _check_spacing(path, img.GetSize(), img.GetSpacing())
+    geometry = np.r_[img.GetOrigin(), img.GetDirection()]
+    if not np.all(np.isfinite(geometry)) or np.abs(img.GetOrigin()).max() > MAX_GEOMETRY_MM:
+        raise InputError(f"invalid origin {img.GetOrigin()} or direction in the header", path=path)
+    if abs(np.linalg.det(np.reshape(img.GetDirection(), (3, 3)))) < 1e-6:
+        raise InputError("the header's direction matrix is degenerate (axes are parallel)", path=path)
     if img.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
         _check_finite(sitk.GetArrayViewFromImage(img), path)
 
