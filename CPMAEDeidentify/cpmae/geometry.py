@@ -70,17 +70,23 @@ def _physical_points(img: sitk.Image, zyx: np.ndarray) -> np.ndarray:
 
 
 def _foreground_points(img: sitk.Image, mask: Optional[np.ndarray] = None):
-    """Physical positions of (a subsample of) the foreground voxels, and the volume each stands for.
+    """Physical positions of the foreground voxels on a ~``SLAB_MM`` sub-grid, and the mm³ each stands for.
 
-    The foreground threshold is the one ``cpmae.intensity`` uses to tell head from air.
+    The foreground threshold is the one ``cpmae.intensity`` uses to tell head from air. The
+    extent is measured in ``SLAB_MM`` slabs, so sampling every voxel of a 1 mm scan would only
+    cost time (seconds on 2 cores for a 256³ head).
     """
+    strides = [max(1, int(SLAB_MM // s)) for s in img.GetSpacing()]  # x, y, z
+    view = (slice(None, None, strides[2]), slice(None, None, strides[1]), slice(None, None, strides[0]))
     if mask is None:
-        arr = sitk.GetArrayViewFromImage(img)
+        arr = sitk.GetArrayViewFromImage(img)[view]
         mask = arr > FOREGROUND_FRACTION * intensity_scale(arr)
-    zyx = np.argwhere(mask)
+    else:
+        mask = mask[view]
+    zyx = np.argwhere(mask) * np.asarray(strides[::-1])
     step = max(1, int(np.ceil(len(zyx) / MAX_FOREGROUND_SAMPLES)))
     zyx = zyx[::step]
-    return _physical_points(img, zyx), step * float(np.prod(img.GetSpacing()))
+    return _physical_points(img, zyx), step * float(np.prod(img.GetSpacing()) * np.prod(strides))
 
 
 def _robust_extent(pts: np.ndarray, mm3_per_point: float):
