@@ -96,6 +96,11 @@ def test_encode_writes_token_pairs_the_prior_can_train_on(tmp_path):
     assert brain.min() >= 0 and brain.max() < 512 and not np.array_equal(brain, nonbrain)
     summary = train(tiny_prior_config(out, steps=2, val_every=2), tmp_path / "prior")
     assert summary["step"] == 2 and 0 <= summary["val_token_acc"] <= 1
+    # the same prior from on-the-fly pairs, with a before/after render of a remodeled held-out head
+    live = tiny_prior_config(data, steps=1, val_every=1, val_render=True, val_render_steps=2,
+                             brain_tokenizer=str(tmp_path / "brain"), nonbrain_tokenizer=str(tmp_path / "nonbrain"))
+    train(live, tmp_path / "prior-live")
+    assert (tmp_path / "prior-live" / "samples" / "step-0000001.png").stat().st_size > 1000
 
 
 @pytest.mark.slow

@@ -46,6 +46,8 @@ class TrainConfig:
     # prior
     clean_weight: float = 0.3  # Paella v3 loss weight of tokens that were not replaced
     token_crop: int = 0  # prior: train on token_crop³ windows of the token grid (0 = whole grid)
+    val_render: bool = False  # prior: at each validation, remodel held-out subject 0 and render it
+    val_render_steps: int = 8  # sampler steps for that render
     brain_tokenizer: str = ""  # run folder or weights bundle, for on-the-fly token pairs
     nonbrain_tokenizer: str = ""
     # data: "cohort" (the generated cohort) or a folder written by `cpmae prepare` / `cpmae encode`

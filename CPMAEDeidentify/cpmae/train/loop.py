@@ -167,6 +167,11 @@ def _train(cfg, run_dir, resume, reporter, task, stop_at, info, device, sigterm)
                 bare.eval()
                 with autocast:
                     metrics = task.validate(bare, device)
+                    if getattr(cfg, "val_render", False) and hasattr(task, "render_sample"):
+                        try:
+                            task.render_sample(bare, device, run_dir / "samples" / f"step-{step:07d}.png")
+                        except Exception as exc:  # no OpenGL here: a missing picture must not stop training
+                            reporter.log(f"validation render skipped: {exc}")
                 bare.train()
                 if metrics:
                     log.write({"step": step, **{k: round(v, 6) for k, v in metrics.items()}})

@@ -94,13 +94,13 @@ class PriorTask:
         from cpmae.models import PriorConfig
 
         self.cfg = cfg
+        self.tokenizers = None  # (brain, nonbrain, subject source) when encoding on the fly
         self.pairs = pairs or self._pairs(cfg, device)
         self.model_config = PriorConfig.from_dict(dict(
             cfg.model, codebook_size=self.pairs.codebook_size, token_size=self.pairs.token_size)).to_dict()
         self.data_description = self.pairs.description
 
-    @staticmethod
-    def _pairs(cfg: TrainConfig, device: str):
+    def _pairs(self, cfg: TrainConfig, device: str):
         from cpmae.train import tokens as T
 
         if cfg.data != "cohort" and T.is_token_folder(cfg.data):
@@ -113,7 +113,9 @@ class PriorTask:
             if tok.cfg.in_size != cfg.resolution:
                 raise InputError(f"{name} tokenizer is for the {tok.cfg.in_size}³ grid, not {cfg.resolution}³",
                                  path=getattr(cfg, f"{name}_tokenizer"))
-        return T.encoded_pairs(subject_source(cfg), brain, nonbrain, device)
+        subjects = subject_source(cfg)
+        self.tokenizers = (brain, nonbrain, subjects)
+        return T.encoded_pairs(subjects, brain, nonbrain, device)
 
     def build(self) -> torch.nn.Module:
         return build_model("prior", self.model_config)
@@ -188,6 +190,29 @@ class PriorTask:
             out[f"val_nll{key}"] = nll / max(count, 1)
             out[f"val_token_acc{key}"] = correct / max(count, 1)
         return out
+
+    @torch.no_grad()
+    def render_sample(self, model, device, path: Path) -> Optional[Path]:
+        """Remodel held-out subject 0 with the prior being trained and render before/after faces.
+
+        Needs the tokenizers (on-the-fly pairs) and a subject with voxels; the picture shows a
+        training-data face, so it stays in the run folder.
+        """
+        if self.tokenizers is None or self.pairs.n_val == 0:
+            return None
+        from cpmae.render import before_after_figure
+        from cpmae.sampler import sample_nonbrain_tokens
+
+        brain_tok, nonbrain_tok, subjects = self.tokenizers
+        vol = subjects.val(0)
+        brain_tokens = torch.from_numpy(self.pairs.val(0)[0])[None].to(device)
+        tokens = sample_nonbrain_tokens(model, brain_tokens, steps=self.cfg.val_render_steps, seed=self.cfg.seed)
+        decoded = nonbrain_tok.decode(tokens.to(device))[0, 0].float().cpu().numpy()
+        b = vol.brain.astype(np.float32)
+        remodeled = np.clip(b * vol.image + (1.0 - b) * decoded, 0, None)
+        spacing = (256.0 / self.cfg.resolution,) * 3
+        return before_after_figure((vol.image, spacing), (remodeled, spacing), path,
+                                   labels=("held-out subject", "remodeled"))[0]
 
 
 def load_tokenizer(path: str, device: str = "cpu") -> torch.nn.Module:
