@@ -49,7 +49,8 @@ native_grids = st.builds(
     size=st.tuples(*[st.integers(20, 36)] * 3),
     spacing=st.tuples(*[st.floats(1.5, 4.0)] * 3),
     origin=st.tuples(*[st.floats(-60.0, 60.0)] * 3),
-    quat=st.tuples(st.floats(0.1, 1.0), *[st.floats(-1.0, 1.0)] * 3),
+    # direction entries near 1e-308 break ITK's SVD; io.read_image snaps |d| < 1e-12 to 0 for that reason
+    quat=st.tuples(st.floats(0.1, 1.0), *[st.floats(-1.0, 1.0).filter(lambda v: v == 0 or abs(v) > 1e-6)] * 3),
 )
 
 

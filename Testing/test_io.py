@@ -215,3 +215,12 @@ def test_size_guard_uses_available_memory(tmp_path, monkeypatch):
     monkeypatch.setattr(io, "available_memory_bytes", lambda: 100_000)  # 100 kB free
     with pytest.raises(io.InputError, match="larger than this tool accepts"):
         io.read_image(tmp_path / "h.nii.gz")
+
+
+def test_rounding_noise_in_the_direction_is_snapped_to_zero(tmp_path):
+    """NRRD text can hold 1e-310 direction entries; ITK's resampler fails on them (wrong voxels)."""
+    img = head_image()
+    img.SetDirection((1.0, 1e-310, 0.0, -1e-310, 1.0, 0.0, 0.0, 0.0, 1.0))
+    sitk.WriteImage(img, str(tmp_path / "tiny.nrrd"))
+    back = io.read_image(tmp_path / "tiny.nrrd")
+    assert back.GetDirection() == tuple(np.eye(3).ravel())

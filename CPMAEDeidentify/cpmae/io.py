@@ -49,6 +49,7 @@ MAX_VOXELS = 2 ** 30  # a 1024³ volume; far beyond any head MRI
 MAX_RAM_FRACTION = 0.5  # never allocate more than half of the memory available now
 MAX_ANISOTROPY = 4.0  # max/min voxel spacing
 MIN_EXTENT_MM = 100.0  # smallest field of view (per axis) that can hold a head
+DIRECTION_EPS = 1e-12  # direction cosines smaller than this are rounding noise and are set to 0
 MAX_GEOMETRY_MM = 1e6  # |spacing|, |origin| and affine entries beyond a kilometre are header damage
 
 # What SimpleITK/ITK may write into NIfTI text fields; anything else in an output is a leak.
@@ -291,6 +292,9 @@ def _check_voxels(img: sitk.Image, path: Path) -> None:
         raise InputError(f"invalid origin {img.GetOrigin()} or direction in the header", path=path)
     if abs(np.linalg.det(np.reshape(img.GetDirection(), (3, 3)))) < 1e-6:
         raise InputError("the header's direction matrix is degenerate (axes are parallel)", path=path)
+    direction = np.asarray(img.GetDirection())
+    if np.any((direction != 0) & (np.abs(direction) < DIRECTION_EPS)):  # ITK's SVD fails on ~1e-308 entries
+        img.SetDirection(np.where(np.abs(direction) < DIRECTION_EPS, 0.0, direction).tolist())
     if img.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
         _check_finite(sitk.GetArrayViewFromImage(img), path)
 
