@@ -68,7 +68,7 @@ def deidentify(image: sitk.Image, mask: Optional[sitk.Image] = None, weights=Non
     steps = int(steps or bundle.manifest.get("sampler", {}).get("steps", DEFAULT_STEPS))
     if mask is None:
         with reporter.stage("brain mask"):
-            mask = compute_brain_mask(image, device="cuda" if dev.type == "cuda" else "cpu")
+            mask = compute_brain_mask(image, device="cuda" if dev.type == "cuda" else "cpu", path=source)
     volume_cm3 = validate_mask(mask, path=source, **(mask_limits or {}))
 
     with reporter.stage("to model grid"):
