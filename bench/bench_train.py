@@ -6,7 +6,9 @@ volumes at 128 and on 128³ crops at 256; the prior on 32³ token pairs. One war
 the mean of ``--steps`` timed optimizer steps (forward, backward, clip, Adam).
 
     python bench/bench_train.py [--steps 3] [--cases tok128,tok256,prior128,prior256] [--device cpu]
-                                [--precision fp32|bf16] [--batch N] [--json OUT]
+                                [--precision fp32|bf16] [--batch N] [--crop N] [--token-crop N] [--json OUT]
+
+The load average is printed too: on a shared machine it explains slow numbers.
 """
 from __future__ import annotations
 
@@ -37,7 +39,8 @@ def machine() -> dict:
     return info
 
 
-def run_case(case: str, steps: int, device: str, precision: str, batch: int) -> dict:
+def run_case(case: str, steps: int, device: str, precision: str, batch: int, crop: int = -1,
+             token_crop: int = 0) -> dict:
     import torch
 
     from cpmae.train.config import resolve_config
@@ -46,7 +49,10 @@ def run_case(case: str, steps: int, device: str, precision: str, batch: int) -> 
 
     task = "tokenizer" if case.startswith("tok") else "prior"
     res = int(case[-3:])
-    cfg = resolve_config(task, {"resolution": res, "batch_size": batch})
+    overrides = {"resolution": res, "batch_size": batch}
+    if crop >= 0:
+        overrides["crop"] = crop
+    cfg = resolve_config(task, overrides)
     torch.manual_seed(0)
     dev = torch.device(device)
     if task == "tokenizer":
@@ -65,7 +71,7 @@ def run_case(case: str, steps: int, device: str, precision: str, batch: int) -> 
         from cpmae.noising import prior_loss, renoise
 
         model = TokenPrior(PriorConfig.from_dict(cfg.model)).to(dev)
-        t_side = model.cfg.token_size
+        t_side = token_crop or model.cfg.token_size
         target = torch.randint(0, model.codebook_size, (batch, t_side, t_side, t_side), device=dev)
         brain = torch.randint(0, model.codebook_size, target.shape, device=dev)
         t = torch.rand(batch, device=dev)
@@ -109,18 +115,23 @@ def main() -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--crop", type=int, default=-1, help="tokenizer crop side (default: the preset's)")
+    ap.add_argument("--token-crop", type=int, default=0, help="prior token window side (default: whole grid)")
     ap.add_argument("--json", help="also write the results to this JSON file")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one case in this process
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(run_case(args.one, args.steps, args.device, args.precision, args.batch)))
+        print(json.dumps(run_case(args.one, args.steps, args.device, args.precision, args.batch, args.crop,
+                                  args.token_crop)))
         return 0
     info = machine()
-    print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()), flush=True)
+    print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items())
+          + f", load average {os.getloadavg()[0]:.1f}", flush=True)
     results = []
     for case in args.cases.split(","):
         cmd = [sys.executable, __file__, "--one", case, "--steps", str(args.steps), "--device", args.device,
-               "--precision", args.precision, "--batch", str(args.batch)]
+               "--precision", args.precision, "--batch", str(args.batch), "--crop", str(args.crop),
+               "--token-crop", str(args.token_crop)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode:
             print(f"{case}: failed\n{proc.stderr[-2000:]}", flush=True)
