@@ -169,6 +169,12 @@ def save_bundle(out_dir: Union[str, Path], brain_tokenizer: Tokenizer, nonbrain_
     }
     manifest.update(meta or {})
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    # mkdtemp makes a private 0700 folder; a bundle is as shareable as any file the user writes
+    umask = os.umask(0o022)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    for f in tmp.iterdir():
+        os.chmod(f, 0o666 & ~umask)
     if out.exists():
         old = out.with_name(f".{out.name}.old")
         os.replace(out, old)
