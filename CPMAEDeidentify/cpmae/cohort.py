@@ -22,8 +22,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Union
@@ -34,6 +32,7 @@ import torch
 from scipy import ndimage
 
 from cpmae import cohort_augment as aug
+from cpmae.atomic import atomic_path
 from cpmae.errors import InputError, OutputError
 from cpmae.geometry import GRIDS, ModelGrid, plan_model_grid, to_model
 from cpmae.intensity import intensity_scale
@@ -100,15 +99,8 @@ def _file_key(path: Path, *extra: str) -> str:
 
 
 def _save_npz_atomic(path: Path, **arrays) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.npz", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".npz", private=True) as tmp:
         np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _native_brain_mask(name: str, native: sitk.Image, path: Path) -> sitk.Image:

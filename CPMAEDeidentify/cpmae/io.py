@@ -31,6 +31,7 @@ from typing import Iterable, Optional, Sequence, Union
 import numpy as np
 import SimpleITK as sitk
 
+from cpmae.atomic import TEMP_MARK, atomic_path
 from cpmae.errors import InputError, OutputError
 
 PathLike = Union[str, Path]
@@ -56,7 +57,6 @@ MAX_GEOMETRY_MM = 1e6  # |spacing|, |origin| and affine entries beyond a kilomet
 NIFTI_DESCRIP = "cpmae"
 # Temporary outputs are ``.<name>.cpmae-tmp-XXXX<ext>``: hidden, and recognisable as leftovers of
 # a killed run (the batch runner's stale-temp cleaner matches the same mark).
-TEMP_MARK = ".cpmae-tmp-"
 
 _SCALAR_TYPES = {
     sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16, sitk.sitkUInt32, sitk.sitkInt32,
@@ -395,27 +395,15 @@ def write_image(img: sitk.Image, path: PathLike, overwrite: bool = False) -> Pat
         clean.EraseMetaData(key)
     if WRITE_IO[ext] == "NiftiImageIO":
         clean.SetMetaData("ITK_FileNotes", NIFTI_DESCRIP)  # becomes descrip: fixed, non-identifying
-    fd, tmp = tempfile.mkstemp(dir=path.resolve().parent, prefix=f".{path.name}{TEMP_MARK}", suffix=ext)
-    os.close(fd)
-    try:
-        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; an output is an ordinary file
+    with atomic_path(path.resolve().parent / path.name, suffix=ext) as tmp:
         writer = sitk.ImageFileWriter()
         writer.SetImageIO(WRITE_IO[ext])
-        writer.SetFileName(tmp)
+        writer.SetFileName(str(tmp))
         writer.SetUseCompression(ext in (".nii.gz", ".nrrd"))
         try:
             writer.Execute(clean)
         except RuntimeError as exc:
             raise OutputError(f"cannot write image: {str(exc).strip().splitlines()[-1][:160]}", path=path) from None
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 
-def _current_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import os
 import sys
-import uuid
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -33,6 +32,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
+from cpmae.atomic import atomic_path
 from cpmae.envelope import fill_holes, foreground_threshold, largest_component
 from cpmae.errors import InputError, OutputError
 
@@ -343,22 +343,8 @@ def save_png(array: np.ndarray, path: Union[str, Path]) -> Path:
     from PIL import Image
 
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(tmp, "xb")  # unlike mkstemp, honours the umask (renders are not secret: 0644)
-    except OSError as exc:
-        raise OutputError(f"cannot write here ({exc.strerror or exc})", path=path) from None
-    try:
-        with fh:
-            Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).save(fh, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_path(path, suffix=".png") as tmp:
+        Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).save(tmp, format="PNG")
     return path
 
 
