@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
@@ -130,11 +128,8 @@ class ResultCache:
             return
         payload = dict(arrays)
         payload["__record__"] = np.frombuffer(json.dumps(record or {}).encode(), dtype=np.uint8)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.npz", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
+        from cpmae.atomic import atomic_path
+
+        with atomic_path(path, suffix=".npz", private=True) as tmp:
+            with open(tmp, "wb") as fh:
                 np.savez_compressed(fh, **payload)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise

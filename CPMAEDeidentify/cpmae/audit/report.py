@@ -15,7 +15,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -51,26 +50,10 @@ def check_output_dir(out_dir: Path) -> None:
 
 
 def _write_bytes(path: Path, data: bytes) -> Path:
-    """Write through a same-folder temporary file and a rename (no half-written report)."""
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise OutputError(f"cannot write here ({exc.strerror or exc})", path=path) from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a report is as readable as any file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Same-folder temporary file + rename (``cpmae.atomic``): never a half-written report."""
+    from cpmae.atomic import write_bytes_atomic
 
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+    return write_bytes_atomic(path, data)
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:

@@ -255,9 +255,10 @@ def trained_attacker(groups: List[np.ndarray], settings: AuditSettings, cache_di
         return net.eval(), {"cached": True, "seconds": 0.0, "final_loss": None, "steps": ts.steps}
     net, log = attack.train_attacker(groups, ts, reporter=reporter, net=net)
     if path is not None:
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file({k: v.detach().contiguous() for k, v in net.state_dict().items()}, str(tmp))
-        tmp.replace(path)
+        from cpmae.atomic import atomic_path
+
+        with atomic_path(path, suffix=".safetensors", private=True) as tmp:
+            save_file({k: v.detach().contiguous() for k, v in net.state_dict().items()}, str(tmp))
     tail = log.losses[-20:]
     return net, {"cached": False, "seconds": log.seconds, "final_loss": float(np.mean(tail)) if tail else None,
                  "first_loss": float(np.mean(log.losses[:20])) if log.losses else None, "steps": ts.steps}
