@@ -20,7 +20,7 @@ from cpmae.audit.runner import AuditSettings, run_audit
 from phantoms import phantom_image
 
 N_EVAL = 6
-N_TRAIN = 6
+N_TRAIN = 5
 
 
 def _write_phantoms(folder, seeds):
@@ -40,7 +40,8 @@ def audited(tmp_path_factory):
     _write_phantoms(root / "train", range(100, 100 + N_TRAIN))
     settings = AuditSettings(
         methods=["ORIGINAL", "BLACK", "BLURRED", "QUICKSHEAR", "FACE_BLUR", "SKULL_STRIP"],
-        render_size=64, train_subjects=N_TRAIN, train_variants=3, train_steps=25, train_dir=str(root / "train"), folds=400, deepbet=False,
+        render_size=64, train_subjects=N_TRAIN, train_variants=2, train_steps=15,
+        train_dir=str(root / "train"), folds=400, deepbet=False,
         mask_limits={"min_cm3": 1})
     results = run_audit(root / "eval", root / "out", settings)
     return root, settings, results

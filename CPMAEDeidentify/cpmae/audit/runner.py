@@ -323,7 +323,6 @@ def run_audit(cohort_dir, out_dir, settings: Optional[AuditSettings] = None,
     if len(scans) < attack.N_OPTIONS:
         raise InputError(f"a {attack.N_OPTIONS}-way identification needs at least {attack.N_OPTIONS} scans, "
                          f"found {len(scans)}", path=cohort_dir)
-    report.check_output_dir(out_dir)
     cpmae_fn = None
     weights_id = ""
     names = [n for n in settings.methods]
@@ -333,12 +332,18 @@ def run_audit(cohort_dir, out_dir, settings: Optional[AuditSettings] = None,
         from cpmae.pipeline import pick_device
         from cpmae.weights import load_bundle
 
+        from cpmae.errors import WeightsError
+
         with reporter.stage("load weights"):
-            bundle = load_bundle(settings.weights, settings.resolution, pick_device(settings.device))
+            try:
+                bundle = load_bundle(settings.weights, settings.resolution, pick_device(settings.device))
+            except WeightsError as exc:
+                raise WeightsError(f"{exc.problem} (or leave CPMAE out of --methods)", path=exc.path) from None
         weights_id = bundle.sha256  # the cache must not serve results of other weights under the same name
         cpmae_fn = make_cpmae(settings.weights, settings.resolution, settings.steps, settings.device, bundle=bundle,
                               mask_limits=settings.mask_limits)
     methods = resolve_methods(names, cpmae=cpmae_fn)
+    report.check_output_dir(out_dir)  # only now: a bad method name or missing weights leave no folder behind
     cache_dir = out_dir / "cache" if settings.cache else None
     cache = renders.ResultCache(cache_dir)
 
