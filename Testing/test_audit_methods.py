@@ -145,7 +145,7 @@ def test_discover_bids_and_flat(tmp_path, phantom):
     _write(img, flat / "a.nii.gz")
     _write(mask, flat / "a_mask.nii.gz")
     _write(img, flat / "b.nrrd")
-    (flat / "notes.txt").write_text("not a scan")
+    (flat / "notes.txt").write_text("not a scan", encoding="utf-8")
     scans = dataset.discover_scans(flat)
     assert [(s.id, s.mask and s.mask.name) for s in scans] == [("a", "a_mask.nii.gz"), ("b", None)]
 
@@ -156,7 +156,7 @@ def test_discover_bad_folders(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no head scans"):
         dataset.discover_scans(tmp_path / "empty")
-    (tmp_path / "f.txt").write_text("x")
+    (tmp_path / "f.txt").write_text("x", encoding="utf-8")
     with pytest.raises(InputError, match="not a folder"):
         dataset.discover_scans(tmp_path / "f.txt")
 

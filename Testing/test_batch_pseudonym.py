@@ -36,11 +36,11 @@ def test_key_sources(tmp_path, monkeypatch):
     monkeypatch.delenv("CPMAE_PSEUDONYM_KEY", raising=False)
     assert resolve_key(None, 3) != resolve_key(None, 4)  # without a key, --seed picks the mapping
     f = tmp_path / "key.txt"
-    f.write_text("s3cret\n")
+    f.write_text("s3cret\n", encoding="utf-8")
     assert resolve_key(f"@{f}", 0) == resolve_key("s3cret", 0) == b"s3cret"
     monkeypatch.setenv("CPMAE_PSEUDONYM_KEY", "s3cret")
     assert resolve_key(None, 0) == b"s3cret"
-    f.write_text("\n")
+    f.write_text("\n", encoding="utf-8")
     with pytest.raises(InputError, match="empty"):
         resolve_key(f"@{f}", 0)
     with pytest.raises(InputError, match="cannot read") as exc:

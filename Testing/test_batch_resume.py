@@ -37,7 +37,7 @@ def worker(in_path, out_path, **kw):
     if slow_case and slow_case in str(in_path):
         with open(out_path, "wb") as fh:  # what a writer killed half-way leaves behind
             fh.write(b"\\x1f\\x8b half a gzip stream")
-        Path(flag).write_text("inside")
+        Path(flag).write_text("inside", encoding="utf-8")
         time.sleep(120)
     time.sleep(float(pause))
     return fast_worker(in_path, out_path, **kw)
@@ -70,7 +70,7 @@ def assert_complete(in_dir: Path, out: Path) -> None:
         o = out / r["output"]
         assert read_image(o).GetSize() == read_image(in_dir / r["case"]).GetSize()  # complete, readable
         assert file_sha256(o) == r["output_sha256"]
-        assert json.loads(provenance_path(o).read_text())["output_sha256"] == r["output_sha256"]
+        assert json.loads(provenance_path(o).read_text(encoding="utf-8"))["output_sha256"] == r["output_sha256"]
     assert not (out / BAD).exists()
     assert not (out / STAGING_DIR).exists()
     partial = [p for p in out.rglob("*") if ".tmp" in p.name or "cpmae-tmp" in p.name]
@@ -84,7 +84,7 @@ def assert_complete(in_dir: Path, out: Path) -> None:
 
 def test_sigkill_mid_case_then_rerun_finishes_everything_once(bids_dir, tmp_path):
     script = tmp_path / "runner.py"
-    script.write_text(RUNNER.format(testing=str(TESTING)))
+    script.write_text(RUNNER.format(testing=str(TESTING)), encoding="utf-8")
     out, flag = tmp_path / "out", tmp_path / "inside-flag"
     victim = GOOD[1]  # second case in sorted order: the first one is finished when we kill
 
@@ -115,7 +115,7 @@ def test_random_sigkills_never_lose_duplicate_or_corrupt(bids_dir, tmp_path):
     """Kill at random moments (inside the worker, while files are placed, while the manifest is
     appended), several times, then let a run finish: the invariants must still hold."""
     script = tmp_path / "runner.py"
-    script.write_text(RUNNER.format(testing=str(TESTING)))
+    script.write_text(RUNNER.format(testing=str(TESTING)), encoding="utf-8")
     out, flag = tmp_path / "out", tmp_path / "unused"
     rng = random.Random(6)
     kills = 0

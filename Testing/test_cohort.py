@@ -145,7 +145,7 @@ def test_write_cohort_layout(tmp_path):
     out = tmp_path / "cohort"
     rows = cohort.write_cohort(out, 2, resolution=GRID, seed=0)
     assert [r["subject"] for r in rows] == ["sub-000", "sub-001"]
-    meta = json.loads((out / "cohort.json").read_text())
+    meta = json.loads((out / "cohort.json").read_text(encoding="utf-8"))
     assert meta["seed"] == 0 and meta["n"] == 2 and meta["resolution"] == GRID
     assert [m["source"] for m in meta["subjects"]] == list(cohort.SOURCES)
     expected = cohort.generate_subject(1, GRID, seed=0)
@@ -192,7 +192,7 @@ def test_write_cohort_interrupted_leaves_no_partial_files(tmp_path, monkeypatch)
 
 def test_write_cohort_refuses_a_file_as_folder(tmp_path):
     target = tmp_path / "not_a_folder"
-    target.write_text("x")
+    target.write_text("x", encoding="utf-8")
     with pytest.raises(OutputError):
         cohort.write_cohort(target, 1, resolution=GRID)
 
@@ -213,5 +213,5 @@ def test_cli_writes_with_json_progress(capsys, tmp_path):
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert any(e["event"] == "progress" and e["total"] == 1 for e in events)
     assert events[-1]["event"] == "result" and events[-1]["subjects"] == 1
-    assert json.loads((out / "cohort.json").read_text())["seed"] == 3
+    assert json.loads((out / "cohort.json").read_text(encoding="utf-8"))["seed"] == 3
     assert os.path.isfile(out / "sub-000" / "anat" / "sub-000_T1w.nii.gz")

@@ -148,7 +148,7 @@ def test_header_text_not_carried_over(random_bundles, phantom, tmp_path):
     raw = gzip.decompress(out.read_bytes())
     for text in (b"Jane", b"153152", b"MRN123456", b"JDOE", b"StMarys"):
         assert text not in raw
-    prov = (tmp_path / "out.nii.gz.provenance.json").read_text()
+    prov = (tmp_path / "out.nii.gz.provenance.json").read_text(encoding="utf-8")
     for text in ("Jane", "153152", "MRN123456", "JDOE", "StMarys"):
         assert text not in prov
     assert json.loads(prov)["seed"] == 0

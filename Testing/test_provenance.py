@@ -34,7 +34,7 @@ def test_written_next_to_the_output_with_its_hash(tmp_path):
     rec = write_provenance(out, INFO, seed=3)
     path = provenance_path(out)
     assert path.name == "sub-01_T1w.nii.gz" + SUFFIX
-    assert json.loads(path.read_text()) == rec
+    assert json.loads(path.read_text(encoding="utf-8")) == rec
     assert rec["output_sha256"] == file_sha256(out) and rec["output"] == out.name and rec["seed"] == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, path.name])
 

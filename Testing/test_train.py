@@ -27,7 +27,7 @@ def write_prepared(folder: Path, n: int = 4, size: int = 32, resolution: int = 1
         np.save(case / f"brain-{resolution}.npy", brain)
         cases.append({"id": f"sub-{i:02d}", "grids": {str(resolution): {
             "image": f"cases/sub-{i:02d}/image-{resolution}.npy", "brain": f"cases/sub-{i:02d}/brain-{resolution}.npy"}}})
-    (folder / "manifest.json").write_text(json.dumps({"kind": "cpmae-prepared", "cases": cases, "skipped": []}))
+    (folder / "manifest.json").write_text(json.dumps({"kind": "cpmae-prepared", "cases": cases, "skipped": []}), encoding="utf-8")
     return folder
 
 
@@ -202,11 +202,11 @@ def test_ssim3d_is_one_for_equal_and_lower_for_noisy():
 
 def test_config_precedence_and_errors(tmp_path):
     user = tmp_path / "cfg.yaml"
-    user.write_text("lr: 0.5\nsteps: 7\nmodel: {channels: [4, 8]}\n")
+    user.write_text("lr: 0.5\nsteps: 7\nmodel: {channels: [4, 8]}\n", encoding="utf-8")
     cfg = resolve_config("tokenizer", {"steps": 9, "model": {"blocks": [1, 1]}}, user)
     assert cfg.lr == 0.5 and cfg.steps == 9 and cfg.crop == 128  # crop from the shipped 256 preset
     assert cfg.model["channels"] == [4, 8] and cfg.model["blocks"] == [1, 1]
-    user.write_text("lr: 0.5\nno_such_key: 1\n")
+    user.write_text("lr: 0.5\nno_such_key: 1\n", encoding="utf-8")
     with pytest.raises(InputError, match="no_such_key"):
         resolve_config("tokenizer", {}, user)
     with pytest.raises(InputError, match="resolution"):
@@ -252,7 +252,7 @@ def test_sigterm_checkpoints_and_resume_continues_exactly(tmp_path, prepared):
 
     settings = dict(tiny_tokenizer_config(prepared).to_dict(), steps=100000, checkpoint_every=100000,
                     schedule="constant", warmup_steps=0, batch_size=1)
-    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(settings))
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(settings), encoding="utf-8")
     run = tmp_path / "terminated"
     proc = subprocess.Popen([sys.executable, "-m", "cpmae", "train", "tokenizer", "--config", str(tmp_path / "cfg.yaml"),
                              "--out", str(run), "--progress", "none"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -260,7 +260,7 @@ def test_sigterm_checkpoints_and_resume_continues_exactly(tmp_path, prepared):
     metrics = run / "metrics.jsonl"
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
-        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 3:
+        if metrics.is_file() and len(metrics.read_text(encoding="utf-8").splitlines()) >= 3:
             break
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)

@@ -18,7 +18,7 @@ from cpmae.train.prepare import find_mask, find_scans, prepare  # noqa: E402
 
 def write_bids(root: Path, n: int = 2) -> Path:
     (root / "dataset_description.json").parent.mkdir(parents=True, exist_ok=True)
-    (root / "dataset_description.json").write_text(json.dumps({"Name": "phantoms", "BIDSVersion": "1.8.0"}))
+    (root / "dataset_description.json").write_text(json.dumps({"Name": "phantoms", "BIDSVersion": "1.8.0"}), encoding="utf-8")
     for i in range(n):
         anat = root / f"sub-{i:02d}" / "anat"
         anat.mkdir(parents=True)
@@ -88,7 +88,7 @@ def test_encode_writes_token_pairs_the_prior_can_train_on(tmp_path):
     out = tmp_path / "tokens"
     assert main(["encode", "--out", str(out), "--brain-tokenizer", str(tmp_path / "brain"), "--nonbrain-tokenizer",
                  str(tmp_path / "nonbrain"), "--data", str(data), "--count", "3", "--progress", "none"]) == 0
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["kind"] == "cpmae-tokens" and len(manifest["cases"]) == 3
     with np.load(out / manifest["cases"][0]["file"]) as z:
         brain, nonbrain = z["brain"], z["nonbrain"]

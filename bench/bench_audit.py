@@ -78,7 +78,7 @@ def main() -> int:
             print(proc.stderr, file=sys.stderr)
             return 1
         peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        results = json.loads((out / "results.json").read_text())
+        results = json.loads((out / "results.json").read_text(encoding="utf-8"))
 
     record = {
         "machine": results["machine"], "subjects": len(results["scans"]), "resolution": args.resolution,
@@ -93,7 +93,7 @@ def main() -> int:
           f"({'within' if wall < TARGET_S else 'OVER'} the 30 min target), peak RSS {peak_mb:.0f} MB, "
           f"load average {load_before[0]:.1f} -> {load_after[0]:.1f}")
     if args.json:
-        Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return 0 if wall < TARGET_S else 2
 
 

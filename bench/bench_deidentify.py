@@ -79,7 +79,7 @@ def main() -> int:
         stages = ", ".join(f"{k} {v:.2f}" for k, v in r.get("stages", {}).items())
         print(f"{key:<10} {r['seconds']:8.2f} {r['seconds'] / base:9.2f} {r['peak_rss_mb']:11.0f}  {stages}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": describe(), "results": rows}, indent=2))
+        Path(args.json).write_text(json.dumps({"machine": describe(), "results": rows}, indent=2), encoding="utf-8")
     return 0
 
 

@@ -142,7 +142,7 @@ def main() -> int:
               f"samples/s={r['samples_per_s']:6.3f}  peak RSS={r['peak_rss_mb']:6.0f} MB"
               + (f"  peak GPU={r['peak_gpu_mb']:.0f} MB" if "peak_gpu_mb" in r else ""), flush=True)
     if args.json:
-        with open(args.json, "w") as f:
+        with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"machine": info, "results": results}, f, indent=1)
     return 0
 

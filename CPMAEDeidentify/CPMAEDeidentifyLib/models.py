@@ -50,7 +50,7 @@ def loadCatalogue(path=CATALOGUE) -> List[ModelEntry]:
     """Entries of Models.json; a malformed file is a WeightsError naming it."""
     path = Path(path)
     try:
-        records = json.loads(path.read_text())["models"]
+        records = json.loads(path.read_text(encoding="utf-8"))["models"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise WeightsError(f"cannot read the model catalogue ({exc})", path=path) from exc
     entries = []

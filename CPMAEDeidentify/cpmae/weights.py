@@ -91,7 +91,7 @@ def resolve_bundle_path(spec: Optional[Union[str, Path]], resolution: Optional[i
 def read_manifest(path: Path) -> dict:
     mf = path / "manifest.json"
     try:
-        manifest = json.loads(mf.read_text())
+        manifest = json.loads(mf.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise WeightsError("manifest.json missing", path=path) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -168,7 +168,7 @@ def save_bundle(out_dir: Union[str, Path], brain_tokenizer: Tokenizer, nonbrain_
         "components": comps,
     }
     manifest.update(meta or {})
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     # mkdtemp makes a private 0700 folder; a bundle is as shareable as any file the user writes
     umask = os.umask(0o022)
     os.umask(umask)

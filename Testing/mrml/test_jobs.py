@@ -31,7 +31,7 @@ CHILD = textwrap.dedent("""
 
 def _run(tmp_path, mode):
     script = tmp_path / "child.py"
-    script.write_text(CHILD)
+    script.write_text(CHILD, encoding="utf-8")
     work = tmp_path / "work"
     work.mkdir()
     events = []
@@ -65,7 +65,7 @@ def test_cancel_kills_the_whole_process_group_and_removes_temp_files(tmp_path):
     while not any(e.kind == "progress" for e in events) and time.monotonic() < deadline:
         runner.poll()
         time.sleep(0.05)
-    helper_pid = int((work / "helper.pid").read_text())
+    helper_pid = int((work / "helper.pid").read_text(encoding="utf-8"))
     t0 = time.monotonic()
     runner.cancel()
     assert time.monotonic() - t0 < 10
@@ -88,7 +88,7 @@ def _alive(pid: int) -> bool:
 
 def test_on_finished_failure_turns_success_into_failure(tmp_path):
     script = tmp_path / "ok.py"
-    script.write_text("print('{\"event\": \"result\"}')")
+    script.write_text("print('{\"event\": \"result\"}')", encoding="utf-8")
 
     def boom(_):
         raise ValueError("output grid differs")

@@ -67,7 +67,7 @@ def test_local_folder_must_be_a_bundle(tmp_path):
         models.useLocalFolder(tmp_path / "nope")
     with pytest.raises(WeightsError, match="manifest.json"):
         models.useLocalFolder(tmp_path)
-    (tmp_path / "manifest.json").write_text("{}")
+    (tmp_path / "manifest.json").write_text("{}", encoding="utf-8")
     assert models.useLocalFolder(tmp_path) == tmp_path
 
 

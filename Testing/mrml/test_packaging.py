@@ -43,7 +43,7 @@ def ui_widgets():
 
 def parameter_fields():
     """Field name -> kind ('int', 'choice', 'node', 'pathlib.Path', ...) of the parameterNodeWrapper dataclass."""
-    tree = ast.parse(WIDGET.read_text())
+    tree = ast.parse(WIDGET.read_text(encoding="utf-8"))
     classes = [c for c in tree.body if isinstance(c, ast.ClassDef)
                and any(getattr(d, "id", None) == "parameterNodeWrapper" for d in c.decorator_list)]
     assert len(classes) == 1, "exactly one @parameterNodeWrapper class in the Widget file"
@@ -83,13 +83,13 @@ def test_ui_uses_only_qt_ctk_and_slicer_widget_classes():
 
 def test_widget_code_uses_only_widgets_that_exist_in_the_ui():
     names = {name for _, name, _ in ui_widgets()}
-    used = set(re.findall(r"self\.ui\.(\w+)", WIDGET.read_text())) | set(re.findall(r"widget\.ui\.(\w+)", WIDGET.read_text()))
+    used = set(re.findall(r"self\.ui\.(\w+)", WIDGET.read_text(encoding="utf-8"))) | set(re.findall(r"widget\.ui\.(\w+)", WIDGET.read_text(encoding="utf-8")))
     assert used, "the widget code should use the .ui"
     assert used <= names, f"widgets used in code but missing from the .ui: {sorted(used - names)}"
 
 
 def test_widget_file_is_valid_python_and_imports_only_existing_logic_names():
-    tree = ast.parse(WIDGET.read_text())
+    tree = ast.parse(WIDGET.read_text(encoding="utf-8"))
     import importlib
 
     for node in ast.walk(tree):
@@ -106,7 +106,7 @@ def test_widget_file_is_valid_python_and_imports_only_existing_logic_names():
 
 def test_logic_package_never_imports_qt():
     for path in (MODULE / "CPMAEDeidentifyLib").glob("*.py"):
-        tree = ast.parse(path.read_text())
+        tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
@@ -134,7 +134,7 @@ def cmake_list(text: str, variable: str):
 
 
 def test_module_cmakelists_lists_every_script_and_resource():
-    text = (MODULE / "CMakeLists.txt").read_text()
+    text = (MODULE / "CMakeLists.txt").read_text(encoding="utf-8")
     scripts = set(cmake_list(text, "MODULE_PYTHON_SCRIPTS"))
     resources = set(cmake_list(text, "MODULE_PYTHON_RESOURCES"))
     on_disk_scripts = {"CPMAEDeidentify.py"} | {str(p.relative_to(MODULE)) for p in (MODULE / "CPMAEDeidentifyLib").glob("*.py")}
@@ -147,7 +147,7 @@ def test_module_cmakelists_lists_every_script_and_resource():
 
 
 def test_engine_files_in_git_are_covered_by_the_cmake_globs():
-    text = (MODULE / "CMakeLists.txt").read_text()
+    text = (MODULE / "CMakeLists.txt").read_text(encoding="utf-8")
     patterns = re.findall(r"(cpmae/[^\s)]+)", text)
     tracked = subprocess.run(["git", "ls-files", "CPMAEDeidentify/cpmae"], cwd=REPO, capture_output=True,
                              text=True).stdout.split()
@@ -161,11 +161,11 @@ def test_engine_files_in_git_are_covered_by_the_cmake_globs():
 
 
 def test_s4ext_agrees_with_the_cmake_extension_variables():
-    cmake = (REPO / "CMakeLists.txt").read_text()
+    cmake = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
     assert re.search(r"^project\(CPMAE\)", cmake, re.M)
     variables = dict(re.findall(r'set\(EXTENSION_(\w+) "?(.*?)"?\)\s*$', cmake, re.M))
     s4ext = {}
-    for line in (REPO / "CPMAE.s4ext").read_text().splitlines():
+    for line in (REPO / "CPMAE.s4ext").read_text(encoding="utf-8").splitlines():
         if line.strip() and not line.startswith("#"):
             key, _, value = line.partition(" ")
             s4ext[key] = value.strip()
@@ -185,6 +185,6 @@ def test_s4ext_agrees_with_the_cmake_extension_variables():
 
 
 def test_license_is_the_full_apache_2_text():
-    text = (REPO / "LICENSE").read_text()
+    text = (REPO / "LICENSE").read_text(encoding="utf-8")
     assert "Apache License" in text and "Version 2.0, January 2004" in text
     assert "END OF TERMS AND CONDITIONS" in text and len(text) > 10000

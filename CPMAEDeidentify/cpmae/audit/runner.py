@@ -68,11 +68,11 @@ def machine_description() -> str:
 
     cpu = platform.processor() or platform.machine()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-        flags = Path("/proc/cpuinfo").read_text()
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8")
         if "avx512_bf16" in flags:
             cpu += " with avx512_bf16"
     except OSError:
@@ -182,7 +182,7 @@ def evaluate_scans(scans: List[Scan], methods: List[Method], settings: AuditSett
 # --------------------------------------------------------------------------- stage 2
 def _cohort_seed(cohort_dir: Path) -> int:
     try:
-        return int(json.loads((cohort_dir / "cohort.json").read_text())["seed"])
+        return int(json.loads((cohort_dir / "cohort.json").read_text(encoding="utf-8"))["seed"])
     except (OSError, ValueError, KeyError, TypeError):
         return 0
 

@@ -81,13 +81,13 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer:
         extra["cuda_rng"] = torch.cuda.get_rng_state()
     torch.save(extra, tmp / "optimizer.pt")
     record = dict(state, step=step, rng=rng_state())
-    (tmp / "state.json").write_text(json.dumps(record, indent=1))
+    (tmp / "state.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
     config.save(tmp / "config.yaml")
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
     pointer = root / f".{LATEST}.tmp"
-    pointer.write_text(final.name + "\n")
+    pointer.write_text(final.name + "\n", encoding="utf-8")
     pointer.replace(root / LATEST)
     for old in sorted(p for p in root.glob("step-*") if p.is_dir())[: -max(1, keep)]:
         shutil.rmtree(old, ignore_errors=True)
@@ -99,7 +99,7 @@ def latest_checkpoint(run_dir: Path) -> Optional[Path]:
     root = Path(run_dir) / CHECKPOINTS
     pointer = root / LATEST
     if pointer.is_file():
-        path = root / pointer.read_text().strip()
+        path = root / pointer.read_text(encoding="utf-8").strip()
         if (path / "state.json").is_file():
             return path
     done = sorted(p for p in root.glob("step-*") if (p / "state.json").is_file())
@@ -118,7 +118,7 @@ def find_checkpoint(path: Path) -> Path:
 
 
 def read_state(ckpt: Path) -> Dict[str, Any]:
-    return json.loads((Path(ckpt) / "state.json").read_text())
+    return json.loads((Path(ckpt) / "state.json").read_text(encoding="utf-8"))
 
 
 def load_checkpoint(ckpt: Path, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer],

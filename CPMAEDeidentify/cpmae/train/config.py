@@ -115,7 +115,7 @@ class TrainConfig:
         """Write the config as YAML (atomically: temp file in the same folder, then rename)."""
         path = Path(path)
         tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
         tmp.replace(path)
 
 
@@ -129,7 +129,7 @@ def read_yaml(path: Path) -> Dict[str, Any]:
     if not path.is_file():
         raise InputError("config file not found", path=path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise InputError(f"not valid YAML ({str(exc).splitlines()[0]})", path=path) from None
     if not isinstance(data, dict):

@@ -122,7 +122,7 @@ def read_manifest(folder: Path) -> dict:
     if not path.is_file():
         raise InputError("not a prepared dataset (no manifest.json; run `cpmae prepare` first)", path=folder)
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise InputError(f"manifest.json is not valid JSON ({exc.msg})", path=path) from None
     if manifest.get("kind") == "cpmae-tokens":

@@ -17,19 +17,19 @@ class MetricsLog:
         if resume_step and self.path.is_file():
             kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
             tmp = self.path.with_name(f".{METRICS}.tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
             tmp.replace(self.path)
         elif not resume_step and self.path.exists():
             self.path.unlink()
 
     def write(self, record: Dict) -> None:
-        with self.path.open("a") as f:
+        with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
 
 def read_metrics(path: Path) -> List[Dict]:
     out = []
-    for line in Path(path).read_text().splitlines():
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
         line = line.strip()
         if line:
             try:

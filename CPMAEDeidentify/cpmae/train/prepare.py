@@ -115,7 +115,7 @@ def prepare_case(scan: Path, out_dir: Path, cid: str, resolutions: Sequence[int]
     mask_digest = sha256_file(mask_path) if mask_path else "deepbet"
     meta_path = case_dir / "case.json"
     if meta_path.is_file():
-        old = json.loads(meta_path.read_text())
+        old = json.loads(meta_path.read_text(encoding="utf-8"))
         if (old.get("sha256") == digest and old.get("mask_sha256") == mask_digest
                 and all(str(r) in old.get("grids", {}) and all((out_dir / f).is_file() for f in old["grids"][str(r)].values())
                         for r in resolutions)):
@@ -124,7 +124,7 @@ def prepare_case(scan: Path, out_dir: Path, cid: str, resolutions: Sequence[int]
     cached_mask = case_dir / "brain_native.nii.gz"
     if mask_path:
         mask = load_mask(mask_path, img)
-    elif meta_path.is_file() and cached_mask.is_file() and json.loads(meta_path.read_text()).get("sha256") == digest:
+    elif meta_path.is_file() and cached_mask.is_file() and json.loads(meta_path.read_text(encoding="utf-8")).get("sha256") == digest:
         mask = sitk.ReadImage(str(cached_mask), sitk.sitkUInt8)
     else:
         mask = compute_brain_mask(img, device=device, path=scan)

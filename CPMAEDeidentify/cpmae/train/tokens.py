@@ -64,7 +64,7 @@ def read_token_manifest(folder: Path) -> dict:
     path = Path(folder) / "manifest.json"
     if not path.is_file():
         raise InputError("not a token dataset (no manifest.json; run `cpmae encode` first)", path=folder)
-    manifest = json.loads(path.read_text())
+    manifest = json.loads(path.read_text(encoding="utf-8"))
     if manifest.get("kind") != "cpmae-tokens":
         raise InputError("manifest.json is not a token dataset written by `cpmae encode`", path=path)
     return manifest
@@ -96,6 +96,6 @@ def is_token_folder(path: str) -> bool:
     if not p.is_file():
         return False
     try:
-        return json.loads(p.read_text()).get("kind") == "cpmae-tokens"
+        return json.loads(p.read_text(encoding="utf-8")).get("kind") == "cpmae-tokens"
     except (json.JSONDecodeError, OSError):
         return False
