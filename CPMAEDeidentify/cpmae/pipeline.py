@@ -4,8 +4,9 @@
       ─ brain tokens e₁(B·X) ─ sample non-brain tokens Ê₂ ~ H(·|E₁) (seeded) ─ decode d₂(Ê₂)
       ─ back to the native grid ─ Y = (1−B)·decoded + B·X   (brain bit-identical)
 
-Optionally (default on) the decoded head is limited to CP-GAN's convex-hull envelope of the
-input head, which removes decoder noise in the air without revealing the face's shape.
+Optionally (default on) CP-GAN's convex-hull envelope of the input head (its privacy transform:
+head size and outline, face smoothed away) constrains the result: the sampler may not put air
+inside it or tissue outside it (``cpmae.constraints``), and the decoded head is cut to it.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import torch
 
 from cpmae import __version__
 from cpmae.blend import blend
-from cpmae.progress import NULL, Reporter
+from cpmae.progress import Reporter
 
 
 @dataclass
@@ -43,7 +44,7 @@ def pick_device(device: str = "auto") -> torch.device:
 
 def deidentify(image: sitk.Image, mask: Optional[sitk.Image] = None, weights=None, resolution: int = 256,
                steps: Optional[int] = None, seed: int = 0, device: str = "auto", envelope: bool = True,
-               reporter: Reporter = NULL, bundle=None, mask_limits: Optional[dict] = None,
+               reporter: Optional[Reporter] = None, bundle=None, mask_limits: Optional[dict] = None,
                source: Optional[Union[str, Path]] = None) -> DeidResult:
     """Remodel everything but the brain of ``image``; see the module docstring.
 
@@ -58,6 +59,7 @@ def deidentify(image: sitk.Image, mask: Optional[sitk.Image] = None, weights=Non
     from cpmae.weights import load_bundle
 
     t_start = time.perf_counter()
+    reporter = reporter if reporter is not None else Reporter("none")  # fresh: timings are per call
     dev = pick_device(device)
     if bundle is None:
         with reporter.stage("load weights"):
@@ -66,6 +68,7 @@ def deidentify(image: sitk.Image, mask: Optional[sitk.Image] = None, weights=Non
         bundle.to(dev)
     resolution = bundle.resolution
     steps = int(steps or bundle.manifest.get("sampler", {}).get("steps", DEFAULT_STEPS))
+    temperature = float(bundle.manifest.get("sampler", {}).get("temperature", 1.0))
     if mask is None:
         with reporter.stage("brain mask"):
             mask = compute_brain_mask(image, device="cuda" if dev.type == "cuda" else "cpu", path=source)
@@ -87,8 +90,14 @@ def deidentify(image: sitk.Image, mask: Optional[sitk.Image] = None, weights=Non
             xb = torch.from_numpy((x * b / scale).astype(np.float32))[None, None].to(dev)
             brain_tokens = bundle.brain_tokenizer.encode(xb)
             del xb
+        bias = None
+        if hull is not None:
+            from cpmae.constraints import envelope_logit_bias
+
+            with reporter.stage("envelope constraint"):
+                bias = envelope_logit_bias(hull, b, bundle.nonbrain_tokenizer)
         nonbrain_tokens = sample_nonbrain_tokens(bundle.prior, brain_tokens, steps=steps, seed=seed,
-                                                 reporter=reporter)
+                                                 temperature=temperature, logit_bias=bias, reporter=reporter)
         with reporter.stage("decode"):
             decoded = bundle.nonbrain_tokenizer.decode(nonbrain_tokens)[0, 0].float().cpu().numpy() * scale
     decoded = np.clip(decoded, 0.0, None)
@@ -113,6 +122,7 @@ def deidentify(image: sitk.Image, mask: Optional[sitk.Image] = None, weights=Non
         "seed": int(seed),
         "device": dev.type,
         "envelope": bool(envelope),
+        "temperature": temperature,
         "brain_volume_cm3": round(volume_cm3, 1),
         "brain_voxels": int(np.count_nonzero(sitk.GetArrayViewFromImage(mask))),
         "changed_voxels": changed,
@@ -122,12 +132,13 @@ def deidentify(image: sitk.Image, mask: Optional[sitk.Image] = None, weights=Non
 
 def deidentify_file(in_path, out_path, *, mask_path=None, mask_out=None, weights=None, resolution: int = 256,
                     steps: Optional[int] = None, seed: int = 0, device: str = "auto", overwrite: bool = False,
-                    reporter: Reporter = NULL, bundle=None, envelope: bool = True,
+                    reporter: Optional[Reporter] = None, bundle=None, envelope: bool = True,
                     provenance: bool = True) -> DeidResult:
     """Read, de-identify and write one scan. Output checks happen before any work; writes are atomic."""
     from cpmae.brainmask import load_mask
     from cpmae.io import check_output_path, read_image, write_image
 
+    reporter = reporter if reporter is not None else Reporter("none")
     inputs = [p for p in (in_path, mask_path) if p is not None]
     check_output_path(out_path, inputs=inputs, overwrite=overwrite)
     if mask_out is not None:

@@ -35,10 +35,13 @@ def draw_categorical(logits: torch.Tensor, generator: torch.Generator, temperatu
 @torch.no_grad()
 def sample_nonbrain_tokens(prior, brain_tokens: torch.Tensor, steps: int = DEFAULT_STEPS, seed: int = 0,
                            temperature: float = 1.0, guidance: float = 1.0,
+                           logit_bias: Optional[torch.Tensor] = None,
                            reporter: Reporter = NULL) -> torch.Tensor:
     """Sample non-brain tokens [B,T,T,T] conditioned on ``brain_tokens`` [B,T,T,T].
 
     ``guidance`` > 1 applies classifier-free guidance against the null condition (2× cost).
+    ``logit_bias`` [B|1,K,T,T,T] is added to the logits at every step (``cpmae.constraints``:
+    -inf forbids a code at a position).
     """
     if steps < 1:
         raise ValueError("steps must be >= 1")
@@ -55,6 +58,8 @@ def sample_nonbrain_tokens(prior, brain_tokens: torch.Tensor, steps: int = DEFAU
             if guidance != 1.0:
                 uncond = prior(x, prior.null_brain(brain_tokens), t)
                 logits = uncond + guidance * (logits - uncond)
+            if logit_bias is not None:
+                logits = logits + logit_bias.to(logits.device)
             x = draw_categorical(logits, gen, temperature)
             if i < steps - 1:
                 x, _ = renoise(x.cpu(), levels[i + 1].expand(b), k, gen)
