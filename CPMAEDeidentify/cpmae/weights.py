@@ -136,6 +136,10 @@ def load_bundle(spec: Optional[Union[str, Path]] = None, resolution: Optional[in
             raise WeightsError(f"{entry['file']} does not fit its config (missing {len(missing)}, "
                                f"unexpected {len(unexpected)} tensors)", path=path)
         models[name] = model.eval().to(device)
+        if "code_brightness" in entry:  # precomputed at export (cpmae.constraints)
+            import numpy as np
+
+            models[name]._cpmae_code_brightness = np.asarray(entry["code_brightness"], np.float32)
     return Bundle(models["brain_tokenizer"], models["nonbrain_tokenizer"], models["prior"], manifest, path)
 
 
@@ -154,6 +158,13 @@ def save_bundle(out_dir: Union[str, Path], brain_tokenizer: Tokenizer, nonbrain_
         save_file(state, str(tmp / fname), metadata={"component": name, "format": FORMAT})
         comps[name] = {"file": fname, "sha256": sha256_file(tmp / fname), "config": model.cfg.to_dict(),
                        "parameters": int(sum(p.numel() for p in model.parameters()))}
+    # which codes decode to air: the envelope constraint needs it at every run, so measure it once here,
+    # on the stored (possibly fp16-rounded) weights that inference will load
+    from cpmae.constraints import code_brightness
+
+    stored = Tokenizer(nonbrain_tokenizer.cfg)
+    stored.load_state_dict({k: v.float() for k, v in load_file(str(tmp / "nonbrain_tokenizer.safetensors")).items()})
+    comps["nonbrain_tokenizer"]["code_brightness"] = [round(float(v), 5) for v in code_brightness(stored.eval())]
     manifest = {
         "format": FORMAT,
         "name": out.name,
