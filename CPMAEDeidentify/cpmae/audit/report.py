@@ -148,13 +148,28 @@ def render_grid(evaluated: Dict[str, dict], subjects: List[str], label_height: i
     return np.asarray(canvas)
 
 
+def _averaged_head_subjects(results: dict) -> List[str]:
+    """Subjects of a generated cohort made from pydeface's averaged head (a picture of them shows nobody).
+
+    The generated cohort alternates sources; the other source is a real person, whose (warped) face
+    should not end up in a report that gets shared. Empty for any other folder.
+    """
+    try:
+        meta = json.loads((Path(results.get("cohort") or "") / "cohort.json").read_text(encoding="utf-8"))
+        return [s["subject"] for s in meta["subjects"] if s.get("source") == "pydeface-mean"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
 def _grid_subjects(results: dict, settings) -> List[str]:
     ids = [s["id"] for s in results["scans"]]
     if settings.grid_subjects:
         chosen = [s for s in settings.grid_subjects if s in ids]
         if chosen:
             return chosen
-    return ids[: settings.max_grid_subjects]
+    averaged = set(_averaged_head_subjects(results))
+    preferred = [i for i in ids if i in averaged] or ids
+    return preferred[: settings.max_grid_subjects]
 
 
 # -------------------------------------------------------------------------------- html
