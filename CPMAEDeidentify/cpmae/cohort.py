@@ -33,6 +33,7 @@ from scipy import ndimage
 
 from cpmae import cohort_augment as aug
 from cpmae.atomic import atomic_path, ensure_output_dir
+from cpmae.envelope import fill_holes, largest_component
 from cpmae.errors import InputError, OutputError
 from cpmae.geometry import GRIDS, ModelGrid, plan_model_grid, to_model
 from cpmae.intensity import intensity_scale
@@ -338,15 +339,7 @@ def head_mask(image: np.ndarray) -> np.ndarray:
     # below skin darkened by its gamma and bias field (0.15 left holes at the lips); closing
     # bridges the last dark skin voxels
     fg = ndimage.binary_closing(smooth > HEAD_THRESHOLD * intensity_scale(image), iterations=2)
-    labels, n = ndimage.label(fg)
-    if n == 0:
-        return fg
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    head = labels == int(sizes.argmax())
-    import fill_voids
-
-    return fill_voids.fill(head)
+    return fill_holes(largest_component(fg))
 
 
 def face_region(brain_a: np.ndarray, brain_b: np.ndarray) -> np.ndarray:

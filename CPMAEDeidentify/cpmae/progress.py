@@ -39,7 +39,9 @@ class Stage:
 class Reporter:
     """Reports stages as bars, JSON lines, or not at all, and records their wall times."""
 
-    def __init__(self, mode: str = "auto", stream: Optional[TextIO] = None, json_stream: Optional[TextIO] = None):
+    def __init__(self, mode: str = "auto", stream: Optional[TextIO] = None, json_stream: Optional[TextIO] = None,
+                 record: bool = True):
+        self.record = record  # False for the shared silent reporter, which nobody reads timings from
         self.stream = stream or sys.stderr
         self.json_stream = json_stream or sys.stdout
         if mode == "auto":
@@ -64,7 +66,8 @@ class Reporter:
         finally:
             st.close()
             dt = time.perf_counter() - t0
-            self.timings[name] = self.timings.get(name, 0.0) + dt
+            if self.record:
+                self.timings[name] = self.timings.get(name, 0.0) + dt
             self._emit({"event": "stage_done", "stage": name, "seconds": round(dt, 4)})
 
     def log(self, message: str) -> None:
@@ -80,4 +83,5 @@ class Reporter:
         self._emit({"event": "result", **fields})
 
 
-NULL = Reporter(mode="none")
+#: Shared silent default for library calls; it records nothing (create a Reporter to get timings).
+NULL = Reporter(mode="none", record=False)
