@@ -1,7 +1,6 @@
 """``cpmae deidentify IN OUT``: remodel the face and skull of one scan, keep the brain bit-identical."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 
