@@ -28,6 +28,10 @@ LANDMARKS_FILE = "shape_predictor_5_face_landmarks.dat"
 EMBEDDING_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 UPSAMPLE = 1  # one pyramid up-step: faces in 320 px renders are ~190 px, found with or without it
 EMBEDDING_JITTER = 0  # dlib's optional re-sampling; 0 keeps one embedding per picture deterministic
+# Different-person threshold on frontal skin renders (Euclidean embedding distance). Provisional: the
+# face-shape prototype (shared notes, 2026-11-30, AMD EPYC) measured the same head re-rendered at
+# 0.16-0.27 and different real heads at 0.41-0.66; the face cohort's calibration replaces this value.
+DIFFERENT_PERSON_THRESHOLD = 0.40
 
 
 def models_dir() -> Path:
