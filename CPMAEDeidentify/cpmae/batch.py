@@ -37,18 +37,16 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from cpmae import __version__
 from cpmae.atomic import remove_stale_temps, write_text_atomic, ensure_output_dir
+from cpmae.dataset import IMAGE_SUFFIXES, find_scans, image_suffix, strip_image_suffix
 from cpmae.errors import Cancelled, CPMAEError, InputError, OutputError, WeightsError
 from cpmae.progress import Reporter
 from cpmae.provenance import file_sha256, provenance_path, write_provenance
 from cpmae.pseudonym import resolve_key, seed_for_subject, shard_of, subject_of
 from cpmae.sidecar import write_scrubbed_sidecar
 
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 #: outputs keep the input's format where ``cpmae.io.write_image`` can write it, else become NRRD
 OUTPUT_SUFFIX = {".nii.gz": ".nii.gz", ".nii": ".nii", ".nrrd": ".nrrd", ".nhdr": ".nrrd", ".mha": ".nrrd",
                  ".mhd": ".nrrd"}
-#: BIDS anatomical files that are masks or maps, not heads with faces
-SKIP_NAME_PARTS = ("_defacemask", "_mask", "_dseg", "_probseg")
 LOG_DIR = "logs"
 STAGING_DIR = ".cpmae-staging"
 MAX_EXIT_FAILED = 100
@@ -93,52 +91,25 @@ def exit_code(n_failed: int) -> int:
 
 
 # --------------------------------------------------------------------------- discovery
-def _strip_image_suffix(name: str) -> Optional[str]:
-    low = name.lower()
-    for suf in IMAGE_SUFFIXES:
-        if low.endswith(suf):
-            return name[: -len(suf)]
-    return None
-
-
 def _output_rel(rel: str) -> str:
-    low = rel.lower()
-    for suf in IMAGE_SUFFIXES:
-        if low.endswith(suf):
-            return rel[: -len(suf)] + OUTPUT_SUFFIX[suf]
-    return rel
+    suffix = image_suffix(rel)
+    return rel[: -len(suffix)] + OUTPUT_SUFFIX[suffix] if suffix else rel
 
 
 def _sidecar_of(path: Path) -> Optional[Path]:
-    stem = _strip_image_suffix(path.name)
+    stem = strip_image_suffix(path.name)
     cand = path.with_name(f"{stem}.json") if stem else None
     return cand if cand is not None and cand.is_file() else None
 
 
-def is_bids(in_dir: Path) -> bool:
-    """A BIDS dataset has a dataset_description.json or ``sub-*`` folders at its root."""
-    return (in_dir / "dataset_description.json").is_file() or any(
-        p.is_dir() for p in in_dir.glob("sub-*"))
-
-
 def discover_cases(in_dir: Union[str, Path]) -> Tuple[str, List[Case]]:
-    """(layout, cases sorted by id): BIDS anatomical images, or the image files of a flat folder."""
+    """(layout, cases sorted by id): every anatomical image that is not a mask (``cpmae.dataset``)."""
     in_dir = Path(in_dir)
-    if not in_dir.exists():
-        raise InputError("input folder does not exist", path=in_dir)
-    if not in_dir.is_dir():
+    if in_dir.exists() and not in_dir.is_dir():
         raise InputError("input is not a folder (use `cpmae deidentify` for one file)", path=in_dir)
-    layout = "bids" if is_bids(in_dir) else "flat"
-    if layout == "bids":
-        candidates: Iterable[Path] = list(in_dir.glob("sub-*/anat/*")) + list(in_dir.glob("sub-*/ses-*/anat/*"))
-    else:
-        candidates = in_dir.iterdir()
+    layout, scans = find_scans(in_dir)
     cases = []
-    for p in candidates:
-        if p.name.startswith(".") or not p.is_file() or _strip_image_suffix(p.name) is None:
-            continue
-        if layout == "bids" and any(part in p.name for part in SKIP_NAME_PARTS):
-            continue
+    for p in scans:
         rel = p.relative_to(in_dir).as_posix()
         cases.append(Case(rel, p, _output_rel(rel), _sidecar_of(p), subject_of(rel)))
     cases.sort(key=lambda c: c.case_id)

@@ -32,18 +32,13 @@ import numpy as np
 import SimpleITK as sitk
 
 from cpmae.atomic import TEMP_MARK, atomic_path
+from cpmae.dataset import IMAGE_FORMATS, image_suffix
 from cpmae.errors import InputError, OutputError
 
 PathLike = Union[str, Path]
 
-READ_IO = {
-    ".nii.gz": "NiftiImageIO",
-    ".nii": "NiftiImageIO",
-    ".nrrd": "NrrdImageIO",
-    ".nhdr": "NrrdImageIO",
-    ".mha": "MetaImageIO",
-    ".mhd": "MetaImageIO",
-}
+_IMAGE_IO = {"NIfTI": "NiftiImageIO", "NRRD": "NrrdImageIO", "MetaImage": "MetaImageIO"}
+READ_IO = {suffix: _IMAGE_IO[fmt] for suffix, fmt in IMAGE_FORMATS.items()}  # the suffixes: cpmae.dataset
 WRITE_IO = {".nii.gz": "NiftiImageIO", ".nii": "NiftiImageIO", ".nrrd": "NrrdImageIO"}
 
 MAX_VOXELS = 2 ** 30  # a 1024³ volume; far beyond any head MRI
@@ -70,11 +65,7 @@ _PIXEL_BYTES = {
 
 def image_extension(path: PathLike) -> str:
     """The image extension of ``path`` (``.nii.gz`` counts as one), lower-case; '' if none known."""
-    name = Path(path).name.lower()
-    for ext in sorted(READ_IO, key=len, reverse=True):
-        if name.endswith(ext):
-            return ext
-    return Path(name).suffix
+    return image_suffix(path) or Path(path).suffix.lower()
 
 
 # --------------------------------------------------------------------------- reading
@@ -197,7 +188,7 @@ def _holds_bytes(path: Path, expected: int) -> bool:
 
 
 def _kind(ext: str) -> str:
-    return {"NiftiImageIO": "NIfTI", "NrrdImageIO": "NRRD", "MetaImageIO": "MetaImage"}[READ_IO[ext]]
+    return IMAGE_FORMATS[ext]
 
 
 def _read_dicom_folder(folder: Path) -> sitk.Image:

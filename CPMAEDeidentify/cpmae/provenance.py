@@ -8,13 +8,13 @@ the engine, never from the input file: no input path, no input hash, no header t
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
 
 from cpmae import __version__
 from cpmae.atomic import write_text_atomic
+from cpmae.hashing import sha256_file
 
 SUFFIX = ".provenance.json"
 METHOD = "CP-MAE learned face remodeling (brain voxels kept bit-identical, non-brain resynthesised)"
@@ -29,13 +29,7 @@ def provenance_path(output: Union[str, Path]) -> Path:
     return output.with_name(output.name + SUFFIX)
 
 
-def file_sha256(path: Union[str, Path], chunk: int = 1 << 20) -> str:
-    """sha256 of a file's bytes (streamed: images can be large)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
+file_sha256 = sha256_file  # the name batch and the tests know; the one helper is cpmae.hashing
 
 
 def build_record(info: Mapping[str, Any], output_name: str, output_sha256: str,

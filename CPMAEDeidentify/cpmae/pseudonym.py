@@ -17,11 +17,11 @@ import re
 from pathlib import Path
 from typing import Optional, Union
 
+from cpmae.dataset import strip_image_suffix
 from cpmae.errors import InputError
 
 SEED_BITS = 53  # exact in JSON (IEEE double), fits torch/numpy seeds, collisions ~n^2/2^54
 _SUBJECT = re.compile(r"(?:^|[_/\\])sub-([A-Za-z0-9]+)")
-_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".nii.bz2")
 
 
 def subject_of(relative_path: Union[str, Path]) -> str:
@@ -31,10 +31,7 @@ def subject_of(relative_path: Union[str, Path]) -> str:
     if m:
         return f"sub-{m.group(1)}"
     name = Path(text).name
-    for suf in _IMAGE_SUFFIXES:
-        if name.lower().endswith(suf):
-            return name[: -len(suf)]
-    return name
+    return strip_image_suffix(name) or name
 
 
 def resolve_key(key: Optional[str], base_seed: int) -> bytes:

@@ -9,7 +9,6 @@ bundles live in ``cpmae/weights/demo-128`` and ``demo-256``.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import subprocess
@@ -23,20 +22,13 @@ from safetensors.torch import load_file, save_file
 
 from cpmae import __version__
 from cpmae.errors import WeightsError
+from cpmae.hashing import sha256_file
 from cpmae.models import PriorConfig, TokenizerConfig, Tokenizer, TokenPrior
 
 FORMAT = "cpmae-weights/1"
 COMPONENTS = ("brain_tokenizer", "nonbrain_tokenizer", "prior")
 BUILTIN_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_BUNDLE = {128: "demo-128", 256: "demo-256"}
-
-
-def sha256_file(path: Union[str, Path]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def git_revision() -> str:

@@ -9,7 +9,6 @@ so a rerun only processes new or changed files.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import re
@@ -18,73 +17,29 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from cpmae import dataset
 from cpmae.errors import CPMAEError, InputError
+from cpmae.hashing import sha256_file
 from cpmae.progress import NULL, Reporter
 
-IMAGE_EXTS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-MASK_WORDS = ("mask", "brainmask", "seg", "label", "dseg")
 KIND = "cpmae-prepared"
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _ext(path: Path) -> str:
-    name = path.name.lower()
-    return next((e for e in IMAGE_EXTS if name.endswith(e)), "")
-
-
-def _stem(path: Path) -> str:
-    return path.name[: len(path.name) - len(_ext(path))]
-
-
-def _is_mask_name(stem: str) -> bool:
-    parts = re.split(r"[_\-.]", stem.lower())
-    return any(w in parts for w in MASK_WORDS)
-
-
-def is_bids(folder: Path) -> bool:
-    return (folder / "dataset_description.json").is_file() or any(folder.glob("sub-*/"))
-
-
 def find_scans(folder: Path) -> List[Path]:
-    """BIDS: every ``sub-*/[ses-*/]anat/*_T1w.nii[.gz]``; otherwise every image file (not masks)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError("data folder not found", path=folder)
-    if is_bids(folder):
-        found = [p for p in folder.glob("sub-*/**/anat/*_T1w.nii*") if _ext(p)]
-        return sorted(p for p in found if "derivatives" not in p.relative_to(folder).parts)
-    return sorted(p for p in folder.rglob("*") if p.is_file() and _ext(p) and not _is_mask_name(_stem(p))
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    """The T1-weighted scans of ``folder`` as ``cpmae.dataset`` finds them (BIDS ``*_T1w``; flat: all)."""
+    return dataset.find_scans(folder, contrast="T1w", what="data folder")[1]
 
 
-def find_mask(scan: Path, mask_dir: Optional[Path]) -> Optional[Path]:
-    """A user mask for ``scan``: ``<stem>_mask.*`` / ``<stem>_brainmask.*`` next to it, or in
-    ``mask_dir`` under the scan's stem (with or without those suffixes)."""
-    stem = _stem(scan)
-    names = [f"{stem}_mask", f"{stem}_brainmask", f"{stem}_desc-brain_mask"]
-    places = [(scan.parent, names)]
-    if mask_dir is not None:
-        places.append((Path(mask_dir), [stem] + names))
-    for folder, stems in places:
-        for s in stems:
-            for ext in IMAGE_EXTS:
-                p = folder / f"{s}{ext}"
-                if p.is_file() and p != scan:
-                    return p
-    return None
+def find_mask(scan: Path, mask_dir: Optional[Path], root: Optional[Path] = None) -> Optional[Path]:
+    """The user's mask for ``scan`` (``cpmae.dataset.find_mask``): next to it, in derivatives, or in ``mask_dir``."""
+    return dataset.find_mask(scan, root=root, mask_dir=mask_dir)
 
 
 def case_id(scan: Path, root: Path) -> str:
     """A file-system-safe id unique within the dataset (the relative path without extension)."""
     rel = scan.relative_to(root)
-    raw = "_".join(list(rel.parts[:-1]) + [_stem(scan)]) if not is_bids(root) else _stem(scan)
+    stem = dataset.strip_image_suffix(scan.name)
+    raw = "_".join(list(rel.parts[:-1]) + [stem]) if not dataset.is_bids(root) else stem
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", raw)
 
 
@@ -169,7 +124,7 @@ def prepare(data_dir: Path, out_dir: Path, resolutions: Iterable[int] = (128, 25
                 if cid in seen:
                     raise InputError(f"case id {cid} is not unique in this dataset")
                 seen.add(cid)
-                meta = prepare_case(scan, out_dir, cid, resolutions, find_mask(scan, mask_dir), device)
+                meta = prepare_case(scan, out_dir, cid, resolutions, find_mask(scan, mask_dir, data_dir), device)
                 cases.append(dict(meta, source=rel))
             except CPMAEError as exc:
                 skipped.append({"source": rel, "reason": exc.problem})
