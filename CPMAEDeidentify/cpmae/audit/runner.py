@@ -27,7 +27,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import SimpleITK as sitk
 
-from cpmae.audit import attack, renders
+from cpmae.audit import attack, overlap, renders
 from cpmae.audit.dataset import Scan, discover_scans
 from cpmae.audit.methods import DEFAULT_METHODS, Method, make_cpmae, resolve_methods
 from cpmae.errors import InputError
@@ -325,6 +325,7 @@ def run_audit(cohort_dir, out_dir, settings: Optional[AuditSettings] = None,
                          f"found {len(scans)}", path=cohort_dir)
     cpmae_fn = None
     weights_id = ""
+    training_overlap = None  # CPMAE not audited: nothing to check
     names = [n for n in settings.methods]
     if not any(n.strip().upper() == "ORIGINAL" for n in names):
         names = ["ORIGINAL"] + names  # the attack's queries are the original pictures
@@ -340,6 +341,10 @@ def run_audit(cohort_dir, out_dir, settings: Optional[AuditSettings] = None,
             except WeightsError as exc:
                 raise WeightsError(f"{exc.problem} (or leave CPMAE out of --methods)", path=exc.path) from None
         weights_id = bundle.sha256  # the cache must not serve results of other weights under the same name
+        training_overlap = overlap.check_disjoint(bundle.manifest, overlap.cohort_seed(cohort_dir), bundle.path)
+        if training_overlap == "unknown":
+            reporter.log(f"warning: {bundle.path} does not record the cohort seeds it was trained on "
+                         "(manifest data.cohort_seeds); cannot check that this cohort was not among them")
         cpmae_fn = make_cpmae(settings.weights, settings.resolution, settings.steps, settings.device, bundle=bundle,
                               mask_limits=settings.mask_limits)
     methods = resolve_methods(names, cpmae=cpmae_fn)
@@ -366,6 +371,8 @@ def run_audit(cohort_dir, out_dir, settings: Optional[AuditSettings] = None,
         "scans": [{"id": s.id, "image": str(s.image), "mask": str(s.mask) if s.mask else None} for s in scans],
         "skipped": skipped,
         "weights_sha256": weights_id or None,
+        "cohort_seed": overlap.cohort_seed(cohort_dir),
+        "training_overlap": training_overlap,
         "methods": [{"name": m.name, "description": m.description, "picture_level": m.render_filter is not None}
                     for m in methods],
         "training": {**training, "subjects": len(groups), "variants": settings.train_variants,
