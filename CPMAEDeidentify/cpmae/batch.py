@@ -79,14 +79,15 @@ class BatchSummary:
     already_done: int = 0  # ok in the manifest before this run
     failed: List[Tuple[str, str]] = field(default_factory=list)  # (case_id, error)
     manifest: Optional[Path] = None
+    flagged: List[str] = field(default_factory=list)  # ok cases whose self-check flagged them (cpmae.selfcheck)
 
     @property
     def exit_code(self) -> int:
-        return exit_code(len(self.failed))
+        return exit_code(len(self.failed) + len(self.flagged))
 
 
 def exit_code(n_failed: int) -> int:
-    """0 when every case is ok, else the number of failed cases capped at 100."""
+    """0 when every case is ok and unflagged, else the number of failed + flagged cases capped at 100."""
     return min(int(n_failed), MAX_EXIT_FAILED)
 
 
@@ -211,9 +212,10 @@ def case_histories(records: Iterable[Mapping[str, Any]]) -> Dict[str, CaseHistor
 class PipelineWorker:
     """De-identifies one file with ``cpmae.pipeline``; loads the weights once for the whole batch."""
 
-    def __init__(self):
+    def __init__(self, self_check: bool = True, on_flag: str = "mark", retries: int = 2):
         self._bundle = None
         self._bundle_key = None
+        self.check = dict(self_check=self_check, on_flag=on_flag, retries=retries)  # cpmae.selfcheck policy
 
     def __call__(self, in_path: Path, out_path: Path, *, seed: int, resolution: int, weights: Optional[str],
                  steps: Optional[int], device: str, reporter: Reporter) -> Mapping[str, Any]:
@@ -227,7 +229,7 @@ class PipelineWorker:
             self._bundle_key = key
         result = deidentify_file(in_path, out_path, weights=weights, resolution=resolution, steps=steps,
                                  seed=seed, device=device, overwrite=False, reporter=reporter,
-                                 bundle=self._bundle, provenance=False)
+                                 bundle=self._bundle, provenance=False, **self.check)
         return dict(result.info)
 
 
@@ -363,7 +365,8 @@ def _write_summary(log_dir: Path, shard, summary: BatchSummary) -> None:
     name = "summary.json" if shard is None else f"summary-shard-{shard[0]}of{shard[1]}.json"
     write_text_atomic(log_dir / name, json.dumps({
         "layout": summary.layout, "cases": summary.total, "ok_this_run": summary.ok,
-        "already_done": summary.already_done, "failed": len(summary.failed),
+        "already_done": summary.already_done, "failed": len(summary.failed), "flagged": len(summary.flagged),
+        "flagged_cases": list(summary.flagged),
         "failed_cases": [{"case": c, "error": e} for c, e in summary.failed],
         "exit_code": summary.exit_code, "finished_utc": _utc_now(),
     }, indent=2) + "\n")
@@ -379,6 +382,8 @@ def _run_one(case: Case, in_dir: Path, out_dir: Path, hist: CaseHistory, manifes
 
     if hist.ok is not None and not overwrite and final_image.is_file():
         summary.already_done += 1
+        if (hist.ok.get("self_check") or {}).get("flagged"):
+            summary.flagged.append(case.case_id)
         return
 
     def fail(error: str, seconds: float = 0.0, **extra) -> None:
@@ -419,7 +424,7 @@ def _run_one(case: Case, in_dir: Path, out_dir: Path, hist: CaseHistory, manifes
             info = dict(process_case(case.in_path, staged_image, seed=seed, reporter=case_reporter, **common) or {})
             if not staged_image.is_file() or staged_image.stat().st_size == 0:
                 raise OutputError("the pipeline reported success but wrote no output", path=final_image)
-            rec = write_provenance(staged_image, info, seed)
+            rec = write_provenance(staged_image, info, info.get("seed", seed))  # a retried self-check moves it
             staged = [(staged_image, final_image), (provenance_path(staged_image), outputs[1])]
             if case.sidecar is not None:
                 dropped = write_scrubbed_sidecar(case.sidecar, staging / case.sidecar.name)
@@ -435,8 +440,12 @@ def _run_one(case: Case, in_dir: Path, out_dir: Path, hist: CaseHistory, manifes
             manifest.append({**base, "status": "ok", "error": None, "input_sha256": input_sha,
                              "output_sha256": rec["output_sha256"], "weights_sha256": info.get("weights_sha256"),
                              "steps": info.get("steps"), "changed_voxels": info.get("changed_voxels"),
-                             "seconds": round(seconds, 3), "time": _utc_now(), "version": __version__})
+                             "seconds": round(seconds, 3), "time": _utc_now(), "version": __version__,
+                             "self_check": info.get("self_check")})
             summary.ok += 1
+            if (info.get("self_check") or {}).get("flagged"):
+                summary.flagged.append(case.case_id)
+                log.write(f"self-check flagged {', '.join(info['self_check']['flagged'])}\n")
             log.write(f"=== ok in {seconds:.2f} s; timings {json.dumps(case_reporter.timings)}\n")
             reporter.log(f"{case.case_id}: ok ({seconds:.1f} s)")
         except KeyboardInterrupt:

@@ -133,8 +133,13 @@ def deidentify(image: sitk.Image, mask: Optional[sitk.Image] = None, weights=Non
 def deidentify_file(in_path, out_path, *, mask_path=None, mask_out=None, weights=None, resolution: int = 256,
                     steps: Optional[int] = None, seed: int = 0, device: str = "auto", overwrite: bool = False,
                     reporter: Optional[Reporter] = None, bundle=None, envelope: bool = True,
-                    provenance: bool = True) -> DeidResult:
-    """Read, de-identify and write one scan. Output checks happen before any work; writes are atomic."""
+                    provenance: bool = True, self_check: bool = True, on_flag: str = "mark",
+                    retries: int = 2) -> DeidResult:
+    """Read, de-identify and write one scan. Output checks happen before any work; writes are atomic.
+
+    ``self_check`` (default on) checks the output before it is written (``cpmae.selfcheck``);
+    ``on_flag`` / ``retries`` say what happens to a flagged output.
+    """
     from cpmae.brainmask import load_mask
     from cpmae.io import check_output_path, read_image, write_image
 
@@ -146,9 +151,18 @@ def deidentify_file(in_path, out_path, *, mask_path=None, mask_out=None, weights
     with reporter.stage("read"):
         image = read_image(in_path)
         mask = load_mask(mask_path, image) if mask_path is not None else None
-    result = deidentify(image, mask=mask, weights=weights, resolution=resolution, steps=steps, seed=seed,
-                        device=device, envelope=envelope, reporter=reporter, bundle=bundle,
-                        source=mask_path if mask_path is not None else in_path)
+    def produce(s: int) -> DeidResult:
+        return deidentify(image, mask=mask, weights=weights, resolution=resolution, steps=steps, seed=s,
+                          device=device, envelope=envelope, reporter=reporter, bundle=bundle,
+                          source=mask_path if mask_path is not None else in_path)
+
+    if self_check:
+        from cpmae.selfcheck import run_checked
+
+        result = run_checked(produce, image, seed, on_flag=on_flag, retries=retries, reporter=reporter,
+                             source=in_path)
+    else:
+        result = produce(seed)
     with reporter.stage("write"):
         write_image(result.image, out_path, overwrite=overwrite)
         if mask_out is not None:
@@ -156,6 +170,6 @@ def deidentify_file(in_path, out_path, *, mask_path=None, mask_out=None, weights
         if provenance:
             from cpmae.provenance import write_provenance
 
-            write_provenance(out_path, result.info, seed)
+            write_provenance(out_path, result.info, result.info.get("seed", seed))
     result.timings = dict(reporter.timings)
     return result

@@ -52,6 +52,8 @@ def build_record(info: Mapping[str, Any], output_name: str, output_sha256: str,
     for key in ("steps", "resolution", "changed_voxels"):
         if rec[key] is not None:
             rec[key] = int(rec[key])
+    if info.get("self_check") is not None:  # numbers and flags made by cpmae.selfcheck, no input text
+        rec["self_check"] = info["self_check"]
     return rec
 
 

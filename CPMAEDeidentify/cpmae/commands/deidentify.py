@@ -19,6 +19,16 @@ def add_model_arguments(p) -> None:
                    help="progress bars on a terminal; json = one JSON object per line on stdout (for Slicer)")
 
 
+def add_self_check_arguments(p) -> None:
+    """The per-scan self-check's options (``cpmae.selfcheck``), shared by deidentify and deidentify-batch."""
+    p.add_argument("--no-self-check", dest="self_check", action="store_false",
+                   help="skip the per-scan self-check (identity distance, face present, seam, brain, changed)")
+    p.add_argument("--on-flag", choices=("mark", "retry", "fail"), default="mark",
+                   help="a flagged output is: written and marked (default); retried with the next seeds; "
+                   "or failed with no output written")
+    p.add_argument("--retries", type=int, default=2, help="with --on-flag retry: extra seeds to try (default 2)")
+
+
 def register(sub) -> None:
     p = sub.add_parser("deidentify", help="de-identify one scan (NIfTI, NRRD, MHA or DICOM folder)",
                        description="Remodel skull and face with the CP-MAE token model; every brain voxel of "
@@ -30,6 +40,7 @@ def register(sub) -> None:
     p.add_argument("--render", default=None, metavar="DIR", help="write before/after face renderings (PNG) here")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     add_model_arguments(p)
+    add_self_check_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -62,7 +73,8 @@ def run(args) -> int:
         Path(args.render).mkdir(parents=True, exist_ok=True)
     res = deidentify_file(args.input, args.output, mask_path=args.mask, mask_out=args.mask_out,
                           weights=args.weights, resolution=args.resolution, steps=args.steps, seed=args.seed,
-                          device=args.device, overwrite=args.overwrite, reporter=rep, envelope=args.envelope)
+                          device=args.device, overwrite=args.overwrite, reporter=rep, envelope=args.envelope,
+                          self_check=args.self_check, on_flag=args.on_flag, retries=args.retries)
     renders = []
     if args.render:
         from cpmae.io import read_image
@@ -77,5 +89,11 @@ def run(args) -> int:
             print(f"wrote {args.mask_out} (brain mask, {res.info['brain_volume_cm3']} cm³)", file=sys.stderr)
         for r in renders:
             print(f"wrote {r}", file=sys.stderr)
+        check = res.info.get("self_check")
+        if check is not None:
+            from cpmae.selfcheck import summary_line
+
+            verdict = "passed" if check["passed"] else f"FLAGGED ({', '.join(check['flagged'])})"
+            print(f"self-check {verdict}: {summary_line(check)}", file=sys.stderr)
         print_timings(rep.timings)
     return 0

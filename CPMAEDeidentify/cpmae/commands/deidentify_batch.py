@@ -1,7 +1,7 @@
 """``cpmae deidentify-batch IN_DIR OUT_DIR``: a folder or BIDS dataset, resumable and shardable.
 
-Exit status: 0 when every case of this shard is ok, else the number of failed cases capped at
-100; 101 when the batch could not run at all (missing input folder, no images, unwritable
+Exit status: 0 when every case of this shard is ok and passed its self-check, else the number of
+failed plus flagged cases capped at 100; 101 when the batch could not run at all (missing input folder, no images, unwritable
 output, weights refused); 130 when cancelled. Details in docs/batch.md.
 """
 from __future__ import annotations
@@ -34,11 +34,14 @@ def register(sub) -> None:
                    help="give up on a case after this many interrupted attempts in a row (default 2)")
     p.add_argument("--progress", default="auto", choices=("auto", "bar", "json", "none"),
                    help="progress display (json: one event per line on stdout, for Slicer)")
+    from cpmae.commands.deidentify import add_self_check_arguments
+
+    add_self_check_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from cpmae.batch import EXIT_BATCH_ERROR, run_batch
+    from cpmae.batch import EXIT_BATCH_ERROR, PipelineWorker, run_batch
     from cpmae.errors import Cancelled, CPMAEError
     from cpmae.progress import Reporter
     from cpmae.pseudonym import parse_shard
@@ -49,7 +52,8 @@ def run(args) -> int:
         summary = run_batch(
             args.in_dir, args.out_dir, resolution=args.resolution, weights=args.weights, seed=args.seed,
             steps=args.steps, device=args.device, shard=shard, overwrite=args.overwrite,
-            pseudonym_key=args.pseudonym_key, max_attempts=max(1, args.max_attempts), reporter=reporter)
+            pseudonym_key=args.pseudonym_key, max_attempts=max(1, args.max_attempts), reporter=reporter,
+            process_case=PipelineWorker(args.self_check, args.on_flag, max(0, args.retries)))
     except Cancelled:
         raise
     except CPMAEError as exc:
@@ -58,8 +62,8 @@ def run(args) -> int:
     for case_id, error in summary.failed:
         print(f"cpmae: failed: {error}", file=sys.stderr)
     print(f"cpmae deidentify-batch: {summary.total} cases ({summary.layout}): {summary.ok} done now, "
-          f"{summary.already_done} already done, {len(summary.failed)} failed; manifest {summary.manifest}",
-          file=sys.stderr)
+          f"{summary.already_done} already done, {len(summary.failed)} failed, {len(summary.flagged)} flagged "
+          f"by the self-check; manifest {summary.manifest}", file=sys.stderr)
     reporter.result(cases=summary.total, ok=summary.ok, already_done=summary.already_done,
-                    failed=len(summary.failed), manifest=str(summary.manifest))
+                    failed=len(summary.failed), flagged=len(summary.flagged), manifest=str(summary.manifest))
     return summary.exit_code
