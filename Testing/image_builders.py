@@ -1,7 +1,9 @@
 """Small image files built on the fly for the io and bad-input tests (never real subjects)."""
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -86,3 +88,32 @@ def readonly_folder(tmp_path: Path):
         os.close(fd)
         os.unlink(probe)
     return None
+
+
+@contextlib.contextmanager
+def nearly_full_disk(tmp_path: Path, free_bytes: int = 16 * 1024):
+    """A 6 MB tmpfs mounted under ``tmp_path`` with about ``free_bytes`` left: a full disk in miniature.
+
+    Skips the test where mounting is not allowed (not root, or a container without the
+    capability); the write-wrapper tests cover the same code paths everywhere.
+    """
+    import pytest
+
+    mnt = tmp_path / "small-disk"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root and the mount capability)")
+    try:
+        keep = mnt / "reserve"
+        keep.write_bytes(b"\0" * free_bytes)
+        with open(mnt / "filler", "wb", buffering=0) as fh:  # fill to the last byte, then free the reserve
+            try:
+                while fh.write(b"\0" * 4096):
+                    pass
+            except OSError:
+                pass
+        keep.unlink()
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)

@@ -18,7 +18,7 @@ import SimpleITK as sitk
 
 from cpmae.cli import main
 from cpmae.errors import EXIT_INPUT, EXIT_OUTPUT, EXIT_WEIGHTS
-from image_builders import (garbage, head_image, readonly_folder, truncate, write_dicom_series,
+from image_builders import (garbage, head_image, nearly_full_disk, readonly_folder, truncate, write_dicom_series,
                             write_huge_nifti_header)
 
 
@@ -355,3 +355,72 @@ def test_unsupported_output_extension(tmp_path, capsys):
     sitk.WriteImage(head_image(), str(src))
     out = tmp_path / "mask.png"
     refused(["mask", src, out], capsys, EXIT_OUTPUT, out, "output must end in .nii.gz, .nii or .nrrd")
+
+
+def _no_outputs(folder: Path, *names: str) -> None:
+    left = sorted(p.name for p in folder.iterdir() if p.name not in ("filler",))
+    assert not [n for n in left if n in names or ".cpmae-tmp-" in n], left
+
+
+def test_full_disk_leaves_nothing_under_the_final_name(tiny_weights, phantom_files, tmp_path, capsys):
+    """A real full file system (a nearly full tmpfs): one line, exit 3, no image, no provenance, no temp."""
+    src, mask = phantom_files
+    with nearly_full_disk(tmp_path) as disk:
+        out = disk / "deid.nii.gz"
+        rc = main([str(a) for a in ["deidentify", src, out, "--mask", mask, "--weights", tiny_weights,
+                                    "--resolution", "128", "--steps", "1", "--device", "cpu", "--progress", "none"]])
+        err = capsys.readouterr().err.strip()
+        assert rc == EXIT_OUTPUT, err
+        assert err.startswith(f"cpmae: error: {out}: ") and "\n" not in err, err
+        assert "nothing was written" in err, err
+        _no_outputs(disk, out.name, out.name + ".provenance.json")
+        # a rerun is not refused with "output exists": nothing of the failed run is in the way
+        (disk / "filler").unlink()
+        assert main([str(a) for a in ["deidentify", src, out, "--mask", mask, "--weights", tiny_weights,
+                                      "--resolution", "128", "--steps", "1", "--device", "cpu",
+                                      "--progress", "none"]]) == 0
+        assert out.is_file() and (disk / "deid.nii.gz.provenance.json").is_file()
+
+
+@pytest.mark.parametrize("name", ["deid.nii.gz", "deid.nii", "deid.nrrd"])
+def test_short_image_write_is_exit_3_and_nothing_is_published(tiny_weights, phantom_files, tmp_path, capsys,
+                                                              monkeypatch, name):
+    """A writer that silently writes too few bytes (what ITK's NIfTI writer does on a full disk)."""
+    import cpmae.io as cio
+
+    real = cio._write_image_file
+
+    def short_writer(img, tmp, ext, shown):
+        real(img, tmp, ext, shown)
+        data = Path(tmp).read_bytes()
+        Path(tmp).write_bytes(data[: len(data) * 2 // 3])
+
+    monkeypatch.setattr(cio, "_write_image_file", short_writer)
+    src, mask = phantom_files
+    out = tmp_path / "out" / name
+    out.parent.mkdir()
+    refused(["deidentify", src, out, "--mask", mask, "--mask-out", tmp_path / "out" / "brain.nii.gz",
+             "--weights", tiny_weights, "--resolution", "128", "--steps", "1", "--device", "cpu",
+             "--progress", "none"], capsys, EXIT_OUTPUT, tmp_path / "out" / "brain.nii.gz", "short or corrupt write",
+            out=out)
+    assert list(out.parent.iterdir()) == []  # neither the mask, nor the image, nor its provenance
+
+
+def test_full_disk_while_writing_the_provenance_removes_the_image(tiny_weights, phantom_files, tmp_path, capsys,
+                                                                 monkeypatch):
+    """The provenance record is published with its image: a failed record takes the image with it."""
+    import errno
+
+    import cpmae.atomic as atomic
+
+    def no_space(tmp, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic, "write_into", no_space)
+    src, mask = phantom_files
+    out = tmp_path / "out" / "deid.nii.gz"
+    out.parent.mkdir()
+    refused(["deidentify", src, out, "--mask", mask, "--weights", tiny_weights, "--resolution", "128",
+             "--steps", "1", "--device", "cpu", "--progress", "none"], capsys, EXIT_OUTPUT,
+            out.with_name(out.name + ".provenance.json"), "no space left on the device", out=out)
+    assert list(out.parent.iterdir()) == []

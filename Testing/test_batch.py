@@ -316,3 +316,62 @@ def test_cli_batch_level_error_is_one_line_and_exit_101(tmp_path, capsys):
     assert len(err) == 1 and "missing" in err[0] and "does not exist" in err[0]
     assert main(["deidentify-batch", str(tmp_path), str(tmp_path / "o"), "--shard", "3/3"]) == batch.EXIT_BATCH_ERROR
     assert "0 <= i < n" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- faults that lose data
+
+
+def test_case_whose_image_is_cut_short_is_never_recorded_ok(bids_dir, tmp_path):
+    """A worker that 'succeeds' with a truncated .nii.gz (a full disk under a silent writer): failed, not ok."""
+    def cutting_worker(in_path, out_path, **kw):
+        info = fast_worker(in_path, out_path, **kw)
+        data = Path(out_path).read_bytes()
+        Path(out_path).write_bytes(data[: len(data) // 2])
+        return info
+
+    out = tmp_path / "out"
+    s = run_batch(bids_dir, out, resolution=128, process_case=cutting_worker)
+    assert s.ok == 0 and len(s.failed) == 4 and ok_records(out) == []
+    assert any("gzip stream is cut short" in e for _, e in s.failed), s.failed
+    for rel in GOOD:
+        assert not (out / rel).exists() and not provenance_path(out / rel).exists()
+
+
+def test_case_without_provenance_is_never_recorded_ok(bids_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(batch, "write_provenance", lambda *a, **k: {"output_sha256": "0" * 64})
+    out = tmp_path / "out"
+    s = run_batch(bids_dir, out, resolution=128, process_case=fast_worker)
+    assert s.ok == 0 and ok_records(out) == []
+    assert all("provenance record was not written" in e for c, e in s.failed if c != BAD), s.failed
+    for rel in GOOD:
+        assert not (out / rel).exists()
+
+
+def test_ok_case_whose_provenance_was_lost_is_redone(bids_dir, tmp_path):
+    out = tmp_path / "out"
+    run_batch(bids_dir, out, resolution=128, process_case=fast_worker)
+    provenance_path(out / GOOD[0]).unlink()
+    s = run_batch(bids_dir, out, resolution=128, process_case=fast_worker)
+    assert s.ok == 1 and s.already_done == 2 and provenance_path(out / GOOD[0]).is_file()
+
+
+def test_batch_on_a_full_disk_records_no_case_ok(bids_dir, tmp_path):
+    from image_builders import nearly_full_disk
+
+    with nearly_full_disk(tmp_path, free_bytes=64 * 1024) as disk:
+        out = disk / "out"
+        try:
+            s = run_batch(bids_dir, out, resolution=128, process_case=fast_worker)
+        except OutputError as exc:  # the manifest itself could not be appended: the batch stops, one line
+            assert "no space left" in str(exc) or "cannot" in str(exc), exc
+        else:
+            assert s.failed
+        for rec in ok_records(out) if (out / "logs").is_dir() else []:
+            o = out / rec["output"]
+            with gzip.open(o) as fh:
+                fh.read()  # raises on a cut stream: an ok case is whole
+            assert provenance_path(o).is_file()
+        placed = [p for p in out.rglob("*.nii.gz")] if out.is_dir() else []
+        for p in placed:
+            with gzip.open(p) as fh:
+                fh.read()

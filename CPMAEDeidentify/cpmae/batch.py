@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from cpmae import __version__
-from cpmae.atomic import remove_stale_temps, write_text_atomic, ensure_output_dir
+from cpmae.atomic import ensure_output_dir, fsync_dir, remove_stale_temps, storage_error, write_text_atomic
 from cpmae.dataset import IMAGE_SUFFIXES, find_scans, image_suffix, strip_image_suffix
 from cpmae.errors import Cancelled, CPMAEError, InputError, OutputError, WeightsError
 from cpmae.progress import Reporter
@@ -172,10 +172,13 @@ class Manifest:
                 self._write(b"\n")
 
     def _write(self, data: bytes) -> None:
-        self._fh.seek(0, os.SEEK_END)
-        self._fh.write(data)
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        try:
+            self._fh.seek(0, os.SEEK_END)
+            self._fh.write(data)
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        except OSError as exc:  # a full disk: the batch cannot record outcomes, so it stops (exit 101)
+            raise storage_error(exc, self.path) from None
 
     def append(self, record: Mapping[str, Any]) -> None:
         self._write((json.dumps(record, sort_keys=False) + "\n").encode("utf-8"))
@@ -234,21 +237,8 @@ class PipelineWorker:
 
 
 # --------------------------------------------------------------------------- the run
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _case_outputs(out_dir: Path, case: Case) -> List[Path]:
-    """Every file the batch places for a case (image, provenance, sidecar)."""
+    """Every file the batch places for a case (image, provenance, sidecar); the image is placed last."""
     out = out_dir / case.out_rel
     files = [out, provenance_path(out)]
     if case.sidecar is not None:
@@ -380,7 +370,7 @@ def _run_one(case: Case, in_dir: Path, out_dir: Path, hist: CaseHistory, manifes
     base = {"case": case.case_id, "output": case.out_rel, "seed": seed, "seed_key": seed_key_tag,
             "resolution": common["resolution"], "shard": None if shard is None else f"{shard[0]}/{shard[1]}"}
 
-    if hist.ok is not None and not overwrite and final_image.is_file():
+    if hist.ok is not None and not overwrite and final_image.is_file() and outputs[1].is_file():
         summary.already_done += 1
         if (hist.ok.get("self_check") or {}).get("flagged"):
             summary.flagged.append(case.case_id)
@@ -422,20 +412,28 @@ def _run_one(case: Case, in_dir: Path, out_dir: Path, hist: CaseHistory, manifes
                 raise InputError("input file disappeared", path=case.in_path)
             staged_image = staging / final_image.name
             info = dict(process_case(case.in_path, staged_image, seed=seed, reporter=case_reporter, **common) or {})
-            if not staged_image.is_file() or staged_image.stat().st_size == 0:
+            if not staged_image.is_file():
                 raise OutputError("the pipeline reported success but wrote no output", path=final_image)
+            from cpmae.io import verify_image_file
+
+            verify_image_file(staged_image, name=final_image)  # gzip stream + header size: never ok a cut file
             rec = write_provenance(staged_image, info, info.get("seed", seed))  # a retried self-check moves it
-            staged = [(staged_image, final_image), (provenance_path(staged_image), outputs[1])]
+            if not provenance_path(staged_image).is_file():
+                raise OutputError("the provenance record was not written", path=outputs[1])
+            staged = [(provenance_path(staged_image), outputs[1])]
             if case.sidecar is not None:
                 dropped = write_scrubbed_sidecar(case.sidecar, staging / case.sidecar.name)
-                staged.append((staging / case.sidecar.name, outputs[2]))
+                staged.insert(0, (staging / case.sidecar.name, outputs[2]))
                 log.write(f"sidecar: dropped {len(dropped)} identifying fields: {', '.join(dropped)}\n")
+            staged.append((staged_image, final_image))  # last: the image's presence means the case is whole
             for src, dst in staged:
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 remove_stale_temps(dst.parent)
                 os.replace(src, dst)
                 moved.append(dst)
-            _fsync_dir(final_image.parent)
+            fsync_dir(final_image.parent)
+            if not (outputs[1].is_file() and final_image.is_file()):
+                raise OutputError("image or provenance record missing after placing them", path=final_image)
             seconds = time.perf_counter() - t0
             manifest.append({**base, "status": "ok", "error": None, "input_sha256": input_sha,
                              "output_sha256": rec["output_sha256"], "weights_sha256": info.get("weights_sha256"),

@@ -24,14 +24,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+from io import BytesIO  # the standard library's io (absolute import)
 import tempfile
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, Union
+from typing import Any, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
 
-from cpmae.atomic import TEMP_MARK, atomic_path
+from cpmae.atomic import TEMP_MARK, atomic_paths
 from cpmae.dataset import IMAGE_FORMATS, image_suffix
 from cpmae.errors import InputError, OutputError
 
@@ -378,23 +379,152 @@ def check_output_path(out: PathLike, inputs: Iterable[PathLike] = (), overwrite:
 
 
 def write_image(img: sitk.Image, path: PathLike, overwrite: bool = False) -> Path:
-    """Write ``img`` as NIfTI or NRRD (by extension), atomically, carrying no header text."""
-    path = check_output_path(path, overwrite=overwrite)
-    ext = image_extension(path)
+    """Write ``img`` as NIfTI or NRRD (by extension), atomically and verified, carrying no header text."""
+    return write_images([(img, path)], overwrite=overwrite)[0]
+
+
+def write_images(images: Sequence[Tuple[sitk.Image, PathLike]], overwrite: bool = False,
+                 provenance: Optional[Tuple[Mapping[str, Any], int]] = None) -> List[Path]:
+    """Write several images, and the first one's provenance record, as one publication.
+
+    Every file is written to a temporary file, fsync'ed and read back (``verify_image_file``)
+    before any is renamed; the first image is renamed last, so when it exists its companions
+    (extra images such as ``--mask-out``, the ``.provenance.json`` record made from its verified
+    bytes) exist too. A full disk or any short write raises ``OutputError`` and leaves nothing
+    under the final names.
+    """
+    from cpmae.provenance import provenance_path, record_text
+
+    paths = [check_output_path(p, overwrite=overwrite) for _, p in images]
+    finals = [p.resolve().parent / p.name for p in paths]
+    exts = [image_extension(p) for p in paths]
+    order = list(range(1, len(images))) + [0]  # the main image is published last
+    targets = [finals[i] for i in order]
+    suffixes = [exts[i] for i in order]
+    checks = [_image_verifier(paths[i], images[i][0]) for i in order]
+    record = provenance_path(finals[0]) if provenance is not None else None
+    if record is not None:
+        targets.insert(len(targets) - 1, record)
+        suffixes.insert(len(suffixes) - 1, "")
+        checks.insert(len(checks) - 1, None)  # set below, once the text is known
+    with atomic_paths(targets, suffixes, checks) as temps:
+        for i, tmp in zip(order, [t for t, dst in zip(temps, targets) if dst != record]):
+            _write_image_file(images[i][0], tmp, exts[i], paths[i])
+            verify_image_file(tmp, images[i][0].GetSize(), name=paths[i])
+        if record is not None:
+            from cpmae.atomic import bytes_verifier, write_into
+            from cpmae.provenance import file_sha256
+
+            data = record_text(provenance[0], finals[0].name, file_sha256(temps[-1]), provenance[1]).encode()
+            write_into(temps[-2], data)
+            verify = bytes_verifier(data)
+            try:
+                verify(temps[-2])
+            except OutputError as exc:
+                raise OutputError(exc.problem, path=record) from None
+    return paths
+
+
+def _image_verifier(name: Path, img: sitk.Image):
+    return lambda tmp: verify_image_file(tmp, img.GetSize(), name=name)
+
+
+def _write_image_file(img: sitk.Image, tmp: Path, ext: str, name: Path) -> None:
+    """The ITK write of ``img`` into the temporary file ``tmp``, with no header text."""
     clean = sitk.Image(img)
     for key in clean.GetMetaDataKeys():
         clean.EraseMetaData(key)
     if WRITE_IO[ext] == "NiftiImageIO":
         clean.SetMetaData("ITK_FileNotes", NIFTI_DESCRIP)  # becomes descrip: fixed, non-identifying
-    with atomic_path(path.resolve().parent / path.name, suffix=ext) as tmp:
-        writer = sitk.ImageFileWriter()
-        writer.SetImageIO(WRITE_IO[ext])
-        writer.SetFileName(str(tmp))
-        writer.SetUseCompression(ext in (".nii.gz", ".nrrd"))
-        try:
+    writer = sitk.ImageFileWriter()
+    writer.SetImageIO(WRITE_IO[ext])
+    writer.SetFileName(str(tmp))
+    writer.SetUseCompression(ext in (".nii.gz", ".nrrd"))
+    try:
+        with _itk_warnings_off(), _c_stderr_silenced():  # niftilib prints "wrote only 0 of N bytes" itself
             writer.Execute(clean)
-        except RuntimeError as exc:
-            raise OutputError(f"cannot write image: {str(exc).strip().splitlines()[-1][:160]}", path=path) from None
-    return path
+    except RuntimeError as exc:
+        raise OutputError(f"cannot write image ({str(exc).strip().splitlines()[-1][:160]}); nothing was written "
+                          "(is the disk full?)", path=name) from None
 
 
+@contextlib.contextmanager
+def _c_stderr_silenced():
+    """Silence C libraries that print to file descriptor 2 directly; a failed write is reported in one line."""
+    import sys
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def verify_image_file(path: PathLike, size: Optional[Sequence[int]] = None, name: Optional[PathLike] = None) -> None:
+    """Raise ``OutputError`` unless the image file at ``path`` reads back whole.
+
+    NIfTI: the header parses, its dimensions are ``size`` (when given), and the file holds exactly
+    the bytes the header announces; for ``.nii.gz`` the whole gzip stream is decompressed with its
+    CRC checked (what ``gzip -t`` does). NRRD/MetaImage: ITK reads every voxel back. This is what
+    catches a writer that reports success on a full disk. ``name`` is the path the error names.
+    """
+    path = Path(path)
+    name = Path(name) if name is not None else path
+    ext = image_extension(name)
+    try:
+        if READ_IO.get(ext) == "NiftiImageIO":
+            got, why = _nifti_size_and_problem(path, ext == ".nii.gz")
+        else:
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            reader.SetImageIO(READ_IO.get(ext, "NrrdImageIO"))
+            try:
+                with _itk_warnings_off():
+                    got, why = list(reader.Execute().GetSize()), None
+            except RuntimeError:
+                got, why = None, "the voxel data is truncated or corrupt"
+    except OSError as exc:
+        got, why = None, f"cannot read it back ({exc.strerror or exc})"
+    if why is None and size is not None and list(got)[:3] != [int(s) for s in size][:3]:
+        why = f"it holds a {'x'.join(map(str, got))} grid, not {'x'.join(str(int(s)) for s in size)}"
+    if why is not None:
+        raise OutputError(f"short or corrupt write: {why}; nothing was written (is the disk full?)", path=name)
+
+
+def _nifti_size_and_problem(path: Path, compressed: bool):
+    """(spatial size, None) of a NIfTI file that is whole, else (None, what is wrong)."""
+    import gzip
+    import zlib
+
+    import nibabel as nib
+
+    opener = gzip.open if compressed else open
+    try:
+        with opener(path, "rb") as fh:
+            head = fh.read(348)  # ITK writes NIfTI-1
+            try:
+                header = nib.Nifti1Header.from_fileobj(BytesIO(head), check=False)
+            except Exception:  # nibabel raises many types on a short or garbled header
+                return None, "the NIfTI header is missing or unreadable"
+            shape = header.get_data_shape()
+            expected = int(header.get_data_offset()) + int(np.prod(shape, dtype=np.int64)) * header.get_data_dtype().itemsize
+            total = len(head)
+            while True:
+                chunk = fh.read(1 << 22)
+                if not chunk:
+                    break
+                total += len(chunk)
+    except (EOFError, zlib.error, gzip.BadGzipFile):
+        return None, "the gzip stream is cut short or corrupt"
+    if total < expected:
+        return None, f"it holds {total} of the {expected} bytes its header announces"
+    return list(shape[:3]), None

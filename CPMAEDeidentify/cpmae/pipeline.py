@@ -141,7 +141,7 @@ def deidentify_file(in_path, out_path, *, mask_path=None, mask_out=None, weights
     ``on_flag`` / ``retries`` say what happens to a flagged output.
     """
     from cpmae.brainmask import load_mask
-    from cpmae.io import check_output_path, read_image, write_image
+    from cpmae.io import check_output_path, read_image, write_images
 
     reporter = reporter if reporter is not None else Reporter("none")
     inputs = [p for p in (in_path, mask_path) if p is not None]
@@ -163,13 +163,9 @@ def deidentify_file(in_path, out_path, *, mask_path=None, mask_out=None, weights
                              source=in_path)
     else:
         result = produce(seed)
-    with reporter.stage("write"):
-        write_image(result.image, out_path, overwrite=overwrite)
-        if mask_out is not None:
-            write_image(result.mask, mask_out, overwrite=overwrite)
-        if provenance:
-            from cpmae.provenance import write_provenance
-
-            write_provenance(out_path, result.info, result.info.get("seed", seed))
+    with reporter.stage("write"):  # image, mask and provenance: verified, then published together
+        record = (result.info, result.info.get("seed", seed)) if provenance else None  # a retry moves the seed
+        write_images([(result.image, out_path)] + ([(result.mask, mask_out)] if mask_out is not None else []),
+                     overwrite=overwrite, provenance=record)
     result.timings = dict(reporter.timings)
     return result

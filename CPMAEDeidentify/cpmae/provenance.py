@@ -57,10 +57,19 @@ def build_record(info: Mapping[str, Any], output_name: str, output_sha256: str,
     return rec
 
 
+def record_text(info: Mapping[str, Any], output_name: str, output_sha256: str, seed: int,
+                extra: Optional[Mapping[str, Any]] = None) -> str:
+    """The record as the JSON text that is written (``extra``: fields such as dropped sidecar keys)."""
+    rec = build_record(info, output_name, output_sha256, seed)
+    rec.update(extra or {})
+    return json.dumps(rec, indent=2) + "\n"
+
+
 def write_provenance(output: Union[str, Path], info: Mapping[str, Any], seed: int,
-                     record_path: Optional[Union[str, Path]] = None) -> Dict[str, Any]:
-    """Hash ``output`` and write its provenance record atomically; return the record."""
+                     record_path: Optional[Union[str, Path]] = None,
+                     extra: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """Hash ``output`` and write its provenance record atomically (read back before the rename)."""
     output = Path(output)
-    rec = build_record(info, output.name, file_sha256(output), seed)
-    write_text_atomic(record_path or provenance_path(output), json.dumps(rec, indent=2) + "\n")
-    return rec
+    text = record_text(info, output.name, file_sha256(output), seed, extra)
+    write_text_atomic(record_path or provenance_path(output), text)
+    return json.loads(text)
