@@ -274,7 +274,7 @@ def test_flat_folder_keeps_names_and_formats(tmp_path):
     (src / "notes.txt").write_text("not an image", encoding="utf-8")
     s = run_batch(src, tmp_path / "out", resolution=128, process_case=fast_worker)
     assert s.layout == "flat" and s.total == 3 and s.ok == 3
-    for name in ("alice.nii.gz", "bob.nrrd", "carol.nrrd"):
+    for name in ("alice.nii.gz", "bob.nrrd", "carol_mha.nrrd"):  # a converted format keeps its suffix in the name
         assert read_image(tmp_path / "out" / name).GetSize() == (32, 32, 32)
     assert not (tmp_path / "out/dataset_description.json").exists()
     seeds = {r["case"]: r["seed"] for r in ok_records(tmp_path / "out")}
@@ -375,3 +375,45 @@ def test_batch_on_a_full_disk_records_no_case_ok(bids_dir, tmp_path):
         for p in placed:
             with gzip.open(p) as fh:
                 fh.read()
+
+
+# ----------------------------------------------------------------------------- colliding outputs
+
+
+def test_inputs_that_differ_only_by_format_get_distinct_outputs_and_seeds(tmp_path):
+    """scan.mha, scan.mhd, scan.nhdr, scan.nrrd once all became scan.nrrd with one seed."""
+    src = tmp_path / "flat"
+    write_identifying_nifti(src / "x.nii.gz", 1)
+    img = read_image(src / "x.nii.gz")
+    (src / "x.nii.gz").unlink()
+    for name in ("scan.mha", "scan.mhd", "scan.nhdr", "scan.nrrd"):
+        sitk.WriteImage(img, str(src / name))
+    (src / "scan.json").write_text(json.dumps({"EchoTime": 0.003}), encoding="utf-8")
+    out = tmp_path / "out"
+    s = run_batch(src, out, resolution=128, process_case=fast_worker)
+    assert s.ok == 4 and not s.failed, s.failed
+    recs = {r["case"]: r for r in ok_records(out)}
+    assert {r["output"] for r in recs.values()} == {"scan_mha.nrrd", "scan_mhd.nrrd", "scan_nhdr.nrrd", "scan.nrrd"}
+    assert len({r["seed"] for r in recs.values()}) == 4
+    assert len({r["output_sha256"] for r in recs.values()}) == 4  # four different results, none replaced
+    for r in recs.values():
+        assert provenance_path(out / r["output"]).is_file()
+    assert {p.name for p in out.glob("*.json") if not p.name.endswith(".provenance.json")} == {
+        "scan_mha.json", "scan_mhd.json", "scan_nhdr.json", "scan.json"}
+
+
+@pytest.mark.parametrize("names", [("scan_mha.nrrd", "scan.mha"), ("Scan.nii.gz", "scan.nii.gz"),
+                                   ("scan.nii", "scan.nii.gz"), ("scan.nii.gz", "scan.nrrd")])
+def test_inputs_that_would_still_share_an_output_are_refused_before_any_work(tmp_path, names):
+    src = tmp_path / "flat"
+    write_identifying_nifti(src / "x.nii.gz", 1)
+    img = read_image(src / "x.nii.gz")
+    (src / "x.nii.gz").unlink()
+    for name in names:
+        sitk.WriteImage(img, str(src / name))
+    (src / "scan.json").write_text(json.dumps({"EchoTime": 0.003}), encoding="utf-8")
+    calls = []
+    with pytest.raises(InputError, match="would both be written to") as err:
+        run_batch(src, tmp_path / "out", resolution=128, process_case=lambda *a, **k: calls.append(a))
+    assert all(n in str(err.value) for n in names) and "\n" not in str(err.value)
+    assert calls == [] and not (tmp_path / "out").exists()

@@ -40,7 +40,7 @@ from cpmae.atomic import ensure_output_dir, fsync_dir, remove_stale_temps, stora
 from cpmae.dataset import IMAGE_SUFFIXES, find_scans, image_suffix, strip_image_suffix
 from cpmae.errors import Cancelled, CPMAEError, InputError, OutputError, WeightsError
 from cpmae.progress import Reporter
-from cpmae.provenance import file_sha256, provenance_path, write_provenance
+from cpmae.provenance import SUFFIX as PROVENANCE_SUFFIX, file_sha256, provenance_path, write_provenance
 from cpmae.pseudonym import resolve_key, seed_for_subject, shard_of, subject_of
 from cpmae.sidecar import write_scrubbed_sidecar
 
@@ -93,8 +93,15 @@ def exit_code(n_failed: int) -> int:
 
 # --------------------------------------------------------------------------- discovery
 def _output_rel(rel: str) -> str:
+    """Output path of an input: same name and format, or, for a converted format, the source
+    suffix kept in the name (``scan.mha`` -> ``scan_mha.nrrd``), so that ``scan.mha``, ``scan.mhd``,
+    ``scan.nhdr`` and ``scan.nrrd`` never share an output (see ``_refuse_collisions``)."""
     suffix = image_suffix(rel)
-    return rel[: -len(suffix)] + OUTPUT_SUFFIX[suffix] if suffix else rel
+    if not suffix:
+        return rel
+    if OUTPUT_SUFFIX[suffix] == suffix:
+        return rel
+    return f"{rel[: -len(suffix)]}_{suffix.lstrip('.')}{OUTPUT_SUFFIX[suffix]}"
 
 
 def _sidecar_of(path: Path) -> Optional[Path]:
@@ -103,8 +110,37 @@ def _sidecar_of(path: Path) -> Optional[Path]:
     return cand if cand is not None and cand.is_file() else None
 
 
+def sidecar_output(out_rel: str) -> str:
+    """Where a case's scrubbed sidecar goes: next to its output, named after it (``<output stem>.json``)."""
+    return f"{out_rel[: -len(image_suffix(out_rel))]}.json"
+
+
+def _refuse_collisions(cases: List[Case], in_dir: Path) -> None:
+    """Two inputs that would write the same file (image, record or sidecar) are refused before any work.
+
+    Names are compared case-insensitively: an output folder on a case-insensitive file system
+    (macOS, exFAT, SMB shares) would silently merge ``Scan.nii`` and ``scan.nii``.
+    """
+    owner: Dict[str, Case] = {}
+    for case in cases:
+        names = [case.out_rel, case.out_rel + PROVENANCE_SUFFIX]
+        if case.sidecar is not None:
+            names.append(sidecar_output(case.out_rel))
+        for name in dict.fromkeys(n.lower() for n in names):
+            other = owner.setdefault(name, case)
+            if other is not case:
+                shown = next(n for n in names if n.lower() == name)
+                raise InputError(f"{other.case_id} and {case.case_id} would both be written to {shown}; rename "
+                                 "one of them (outputs must not overwrite each other)", path=in_dir)
+
+
 def discover_cases(in_dir: Union[str, Path]) -> Tuple[str, List[Case]]:
-    """(layout, cases sorted by id): every anatomical image that is not a mask (``cpmae.dataset``)."""
+    """(layout, cases sorted by id): every anatomical image that is not a mask (``cpmae.dataset``).
+
+    Output names are unique by construction (``_output_rel``) and checked (``_refuse_collisions``).
+    A file without a BIDS ``sub-`` entity is its own subject, named after its output (so
+    ``scan.mha`` and ``scan.nrrd`` get different seeds).
+    """
     in_dir = Path(in_dir)
     if in_dir.exists() and not in_dir.is_dir():
         raise InputError("input is not a folder (use `cpmae deidentify` for one file)", path=in_dir)
@@ -112,11 +148,16 @@ def discover_cases(in_dir: Union[str, Path]) -> Tuple[str, List[Case]]:
     cases = []
     for p in scans:
         rel = p.relative_to(in_dir).as_posix()
-        cases.append(Case(rel, p, _output_rel(rel), _sidecar_of(p), subject_of(rel)))
+        out_rel = _output_rel(rel)
+        subject = subject_of(rel)
+        if not subject.startswith("sub-"):
+            subject = strip_image_suffix(Path(out_rel).name) or subject
+        cases.append(Case(rel, p, out_rel, _sidecar_of(p), subject))
     cases.sort(key=lambda c: c.case_id)
     if not cases:
         what = "sub-*/[ses-*/]anat/*" if layout == "bids" else "*"
         raise InputError(f"no images found (looked for {what} with {', '.join(IMAGE_SUFFIXES)})", path=in_dir)
+    _refuse_collisions(cases, in_dir)
     return layout, cases
 
 
@@ -242,7 +283,7 @@ def _case_outputs(out_dir: Path, case: Case) -> List[Path]:
     out = out_dir / case.out_rel
     files = [out, provenance_path(out)]
     if case.sidecar is not None:
-        files.append(out.with_name(case.sidecar.name))
+        files.append(out_dir / sidecar_output(case.out_rel))
     return files
 
 
@@ -422,8 +463,8 @@ def _run_one(case: Case, in_dir: Path, out_dir: Path, hist: CaseHistory, manifes
                 raise OutputError("the provenance record was not written", path=outputs[1])
             staged = [(provenance_path(staged_image), outputs[1])]
             if case.sidecar is not None:
-                dropped = write_scrubbed_sidecar(case.sidecar, staging / case.sidecar.name)
-                staged.insert(0, (staging / case.sidecar.name, outputs[2]))
+                dropped = write_scrubbed_sidecar(case.sidecar, staging / outputs[2].name)
+                staged.insert(0, (staging / outputs[2].name, outputs[2]))
                 log.write(f"sidecar: dropped {len(dropped)} identifying fields: {', '.join(dropped)}\n")
             staged.append((staged_image, final_image))  # last: the image's presence means the case is whole
             for src, dst in staged:
