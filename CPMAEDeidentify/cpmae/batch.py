@@ -458,14 +458,17 @@ def _run_one(case: Case, in_dir: Path, out_dir: Path, hist: CaseHistory, manifes
             from cpmae.io import verify_image_file
 
             verify_image_file(staged_image, name=final_image)  # gzip stream + header size: never ok a cut file
-            rec = write_provenance(staged_image, info, info.get("seed", seed))  # a retried self-check moves it
+            staged = []
+            dropped = None
+            if case.sidecar is not None:  # scrubbed first: the record lists the dropped key names
+                dropped = write_scrubbed_sidecar(case.sidecar, staging / outputs[2].name)
+                staged.append((staging / outputs[2].name, outputs[2]))
+                log.write(f"sidecar: dropped {len(dropped)} fields not on the allow-list: {', '.join(dropped)}\n")
+            rec = write_provenance(staged_image, info, info.get("seed", seed),  # a retried self-check moves it
+                                   sidecar_dropped=dropped)
             if not provenance_path(staged_image).is_file():
                 raise OutputError("the provenance record was not written", path=outputs[1])
-            staged = [(provenance_path(staged_image), outputs[1])]
-            if case.sidecar is not None:
-                dropped = write_scrubbed_sidecar(case.sidecar, staging / outputs[2].name)
-                staged.insert(0, (staging / outputs[2].name, outputs[2]))
-                log.write(f"sidecar: dropped {len(dropped)} identifying fields: {', '.join(dropped)}\n")
+            staged.append((provenance_path(staged_image), outputs[1]))
             staged.append((staged_image, final_image))  # last: the image's presence means the case is whole
             for src, dst in staged:
                 dst.parent.mkdir(parents=True, exist_ok=True)

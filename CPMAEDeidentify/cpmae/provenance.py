@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 from cpmae import __version__
 from cpmae.atomic import write_text_atomic
@@ -33,7 +33,8 @@ file_sha256 = sha256_file  # the name batch and the tests know; the one helper i
 
 
 def build_record(info: Mapping[str, Any], output_name: str, output_sha256: str,
-                 seed: int, now: Optional[_dt.datetime] = None) -> Dict[str, Any]:
+                 seed: int, now: Optional[_dt.datetime] = None,
+                 sidecar_dropped: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """The provenance dictionary: method, version, weights sha256, seed, time, changed voxels."""
     now = now or _dt.datetime.now(_dt.timezone.utc)
     rec: Dict[str, Any] = {
@@ -54,22 +55,23 @@ def build_record(info: Mapping[str, Any], output_name: str, output_sha256: str,
             rec[key] = int(rec[key])
     if info.get("self_check") is not None:  # numbers and flags made by cpmae.selfcheck, no input text
         rec["self_check"] = info["self_check"]
+    if sidecar_dropped is not None:  # key NAMES only (cpmae.sidecar): what was removed, never its value
+        rec["sidecar_dropped_keys"] = sorted(str(k) for k in sidecar_dropped)
     return rec
 
 
 def record_text(info: Mapping[str, Any], output_name: str, output_sha256: str, seed: int,
-                extra: Optional[Mapping[str, Any]] = None) -> str:
-    """The record as the JSON text that is written (``extra``: fields such as dropped sidecar keys)."""
-    rec = build_record(info, output_name, output_sha256, seed)
-    rec.update(extra or {})
+                sidecar_dropped: Optional[Sequence[str]] = None) -> str:
+    """The record as the JSON text that is written."""
+    rec = build_record(info, output_name, output_sha256, seed, sidecar_dropped=sidecar_dropped)
     return json.dumps(rec, indent=2) + "\n"
 
 
 def write_provenance(output: Union[str, Path], info: Mapping[str, Any], seed: int,
                      record_path: Optional[Union[str, Path]] = None,
-                     extra: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+                     sidecar_dropped: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Hash ``output`` and write its provenance record atomically (read back before the rename)."""
     output = Path(output)
-    text = record_text(info, output.name, file_sha256(output), seed, extra)
+    text = record_text(info, output.name, file_sha256(output), seed, sidecar_dropped)
     write_text_atomic(record_path or provenance_path(output), text)
     return json.loads(text)

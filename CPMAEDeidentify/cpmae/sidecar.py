@@ -2,22 +2,25 @@
 
 A sidecar written by dcm2niix carries the hospital's name and address, the scanner's serial
 number, the station name and clock times next to the acquisition parameters that make the
-scan usable (TE, TR, flip angle, field strength...). Trusting a list of "safe" keys would let
-every new vendor field through, and trusting a list of "bad" keys alone would miss a free-text
-field that happens to hold a name, so three rules apply, in order:
+scan usable (TE, TR, flip angle, field strength...). A deny-list of "bad" keys cannot keep up
+with vendors and sites: any key it does not know (``Hospital``, ``ReferringDoctor``, a nested
+``Private.Site``, a number under ``MRN`` or ``ScannerLabel``) went through. So the rule is an
+**allow-list**:
 
-1. keys on a deny list of known identifying BIDS/DICOM fields are dropped (``DENY_KEYS``);
-2. keys whose *name* looks identifying (Name, Date, Birth, Patient, Physician, Operator,
-   Institution, Address, Serial, Station, UID, ID, Accession, Comment(s), e-mail, phone, clock
-   times) are dropped unless they are known acquisition parameters (``KEEP_KEYS``, e.g.
-   ``SequenceName``, ``ProtocolName``, ``ReceiveCoilName``, ``EchoTime``);
-3. string *values* (except software version strings, ``VERSION_KEYS``) that look like a date, a clock time, a DICOM UID, an e-mail address, a phone
-   number or an ID (five or more digits in a row) are dropped wherever they appear, as is any
-   string containing the text of a field removed by rule 1 or 2 (so "Rigshospitalet" cannot
-   survive inside a description).
+1. a key is kept only when it is a known BIDS acquisition field (``ALLOW_KEYS``: the MRI
+   "scanner hardware", "sequence specifics", "in-plane encoding", "timing", "RF & contrast"
+   and "slice acceleration" fields of the BIDS specification, plus dcm2niix's acquisition
+   extras); everything else is dropped, numbers and nested objects included;
+2. a kept value must be a number, a boolean, a string, or a list of those (an object under
+   a kept key is dropped: no BIDS acquisition field is an object);
+3. a kept string (except software version strings, ``VERSION_KEYS``) that looks like a date, a
+   clock time, a DICOM UID, an e-mail address, a phone number or an ID (five or more digits in
+   a row) is dropped, as is any kept string holding the text of a dropped field (so
+   "Rigshospitalet" cannot survive inside a ``SeriesDescription``). A list with one such
+   string is dropped whole (positions carry meaning).
 
-Numbers and lists of numbers under keys that pass rules 1-2 are kept unchanged. See
-docs/batch.md for the rationale and the full lists.
+``scrub_sidecar`` returns the dropped key *names* (never their values); the batch logs them
+and lists them in the provenance record. See docs/batch.md.
 """
 from __future__ import annotations
 
@@ -29,46 +32,44 @@ from typing import Any, Dict, List, Tuple, Union
 from cpmae.errors import InputError
 from cpmae.atomic import write_text_atomic
 
-#: Known identifying fields (BIDS "Institution information", DICOM patient/study/equipment
-#: identification, dcm2niix's anonymisation-sensitive output). Compared case-insensitively.
-DENY_KEYS = frozenset(k.lower() for k in (
-    "InstitutionName", "InstitutionAddress", "InstitutionalDepartmentName", "DeviceSerialNumber",
-    "StationName", "PatientName", "PatientID", "OtherPatientIDs", "PatientBirthDate", "PatientBirthTime",
-    "PatientAge", "PatientSex", "PatientWeight", "PatientSize", "PatientComments", "PatientAddress",
-    "PatientTelephoneNumbers", "EthnicGroup", "ReferringPhysicianName", "PerformingPhysicianName",
-    "RequestingPhysician", "OperatorsName", "OperatorName", "PhysiciansOfRecord", "AccessionNumber",
-    "StudyID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID",
-    "StudyDate", "StudyTime", "SeriesDate", "SeriesTime", "AcquisitionDate", "AcquisitionTime",
-    "AcquisitionDateTime", "ContentDate", "ContentTime", "InstanceCreationDate", "InstanceCreationTime",
-    "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime", "ProcedureStepDescription",
-    "PerformedProcedureStepDescription", "RequestedProcedureDescription", "StudyDescription",
-    "ImageComments", "StudyComments", "ScheduledProcedureStepDescription", "AdmittingDiagnosesDescription",
-    "MedicalAlerts", "Allergies", "PregnancyStatus", "Occupation", "AdditionalPatientHistory",
-    "DateOfLastCalibration", "TimeOfLastCalibration", "DeidentificationMethod",
-))
-
-#: Acquisition parameters whose key name would trip rule 2 but which identify no one.
-KEEP_KEYS = frozenset(k.lower() for k in (
-    "SequenceName", "PulseSequenceName", "ProtocolName", "ReceiveCoilName", "TransmitCoilName",
-    "ManufacturersModelName", "SeriesDescription", "CoilString", "EchoTime", "RepetitionTime",
-    "InversionTime", "DwellTime", "EffectiveEchoSpacing", "TotalReadoutTime", "SliceTiming",
-    "DelayTime", "AcquisitionDuration", "RepetitionTimeExcitation", "RepetitionTimePreparation",
-    "MixingTime", "FrameTimesStart", "FrameDuration", "ScanStart", "InjectionStart",
-    "ModeOfAcquisition", "AcquisitionMatrixPE", "AcquisitionNumber", "SeriesNumber",
-    "ImageOrientationPatientDICOM", "PatientPosition", "ReceiveCoilActiveElements",
+#: BIDS MRI acquisition fields (BIDS 1.9 "Common metadata fields" for MRI and anatomical data)
+#: and dcm2niix's acquisition extras. Exact, case-sensitive names, as BIDS defines them.
+ALLOW_KEYS = frozenset((
+    # scanner hardware (never Institution*, DeviceSerialNumber, StationName)
+    "Modality", "Manufacturer", "ManufacturersModelName", "SoftwareVersions", "MagneticFieldStrength",
+    "ReceiveCoilName", "ReceiveCoilActiveElements", "GradientSetType", "MRTransmitCoilSequence", "MatrixCoilMode",
+    "CoilCombinationMethod", "CoilString", "TransmitCoilName", "ImagingFrequency", "BodyPartExamined",
+    "PatientPosition",
+    # sequence specifics
+    "PulseSequenceType", "ScanningSequence", "SequenceVariant", "ScanOptions", "SequenceName",
+    "PulseSequenceName", "PulseSequenceDetails", "NonlinearGradientCorrection", "MRAcquisitionType",
+    "MTState", "MTOffsetFrequency", "MTPulseBandwidth", "MTNumberOfPulses", "MTPulseShape", "MTPulseDuration",
+    "SpoilingState", "SpoilingType", "SpoilingRFPhaseIncrement", "SpoilingGradientMoment",
+    "SpoilingGradientDuration", "SeriesDescription", "ProtocolName", "ImageType", "SeriesNumber",
+    "AcquisitionNumber", "NumberOfAverages", "EchoTrainLength", "EchoNumber", "ImageTypeText",
+    # in-plane spatial encoding
+    "NumberShots", "ParallelReductionFactorInPlane", "ParallelReductionFactorOutOfPlane",
+    "ParallelAcquisitionTechnique", "PartialFourier", "PartialFourierDirection", "PhaseEncodingDirection",
+    "EffectiveEchoSpacing", "TotalReadoutTime", "MixingTime", "DwellTime", "PixelBandwidth",
+    "AcquisitionMatrixPE", "ReconMatrixPE", "BaseResolution", "PhaseResolution", "PercentPhaseFOV",
+    "PercentSampling", "PhaseEncodingSteps", "PhaseEncodingStepsNoPartialFourier", "FrequencyEncodingSteps",
+    "PhaseEncodingPolarityGE", "InPlanePhaseEncodingDirectionDICOM", "ImageOrientationPatientDICOM",
+    "ImageOrientationText", "SliceThickness", "SpacingBetweenSlices", "RefLinesPE", "ShimSetting",
+    # timing
+    "EchoTime", "InversionTime", "SliceTiming", "SliceEncodingDirection", "RepetitionTime",
+    "RepetitionTimeExcitation", "RepetitionTimePreparation", "VolumeTiming", "AcquisitionDuration", "DelayTime",
+    "DelayAfterTrigger", "NumberOfVolumesDiscardedByScanner", "NumberOfVolumesDiscardedByUser",
+    # RF & contrast
+    "FlipAngle", "NegativeContrast", "SAR", "TxRefAmp", "ContrastBolusIngredient",
+    # slice acceleration
+    "MultibandAccelerationFactor",
+    # how the file was made
+    "ConversionSoftware", "ConversionSoftwareVersion", "ConsistencyInfo",
 ))
 
 #: Machine-written software/build identifiers: their dates are release dates, not visit dates, so
 #: rule 3's date/ID patterns do not apply (the removed-text check still does).
-VERSION_KEYS = frozenset(k.lower() for k in ("SoftwareVersions", "ConversionSoftwareVersion", "ConsistencyInfo"))
-
-_KEY_PATTERN = re.compile(
-    r"name|date|birth|patient|physician|operator|institution|address|serial|station|^uids?$"
-    r"|accession|comment|e-?mail|phone|telephone|^ids?$"
-    r"|^(?:acquisition|study|series|content|instancecreation|scan)time$",
-    re.IGNORECASE,
-)
-_ID_SUFFIX = re.compile(r"[a-z_](?:ID|Id)s?$|UID")  # PatientID, StudyId, Other_IDs, SeriesUID (not "Fluid")
+VERSION_KEYS = frozenset(("SoftwareVersions", "ConversionSoftwareVersion", "ConsistencyInfo"))
 
 _VALUE_PATTERNS = [
     re.compile(r"\b(?:19|20)\d\d[-/.]?(?:0[1-9]|1[0-2])[-/.]?(?:0[1-9]|[12]\d|3[01])"),  # 2021-03-17, 20210317
@@ -83,14 +84,9 @@ _VALUE_PATTERNS = [
 Json = Union[Dict[str, Any], List[Any], str, int, float, bool, None]
 
 
-def key_is_identifying(key: str) -> bool:
-    """Rules 1 and 2: is this key dropped whatever its value?"""
-    low = key.lower()
-    if low in DENY_KEYS:
-        return True
-    if low in KEEP_KEYS:
-        return False
-    return bool(_KEY_PATTERN.search(key) or _ID_SUFFIX.search(key))
+def key_is_allowed(key: str) -> bool:
+    """Rule 1: is this a known BIDS acquisition field?"""
+    return key in ALLOW_KEYS
 
 
 def value_looks_identifying(value: str) -> bool:
@@ -102,61 +98,53 @@ def _collect_strings(value: Json) -> List[str]:
     if isinstance(value, str):
         return [value]
     if isinstance(value, dict):
-        return [s for v in value.values() for s in _collect_strings(v)]
+        return [s for k, v in value.items() for s in [str(k)] + _collect_strings(v)]
     if isinstance(value, list):
         return [s for v in value for s in _collect_strings(v)]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return [str(value)]  # a dropped MRN must not survive as text elsewhere either
     return []
 
 
+def _plain(value: Json) -> bool:
+    """Rule 2: a number, boolean, string or list of those (no objects, no null)."""
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    return isinstance(value, (str, int, float, bool))
+
+
 def scrub_sidecar(sidecar: Dict[str, Any]) -> Tuple[Dict[str, Any], List[str]]:
-    """Return (clean copy, sorted list of dropped key paths) of a sidecar dictionary."""
+    """Return (clean copy, sorted names of the dropped top-level keys) of a sidecar dictionary."""
     dropped: List[str] = []
     removed_text: List[str] = []
-
-    def first_pass(obj: Json, prefix: str) -> Json:
-        if isinstance(obj, dict):
-            out = {}
-            for k, v in obj.items():
-                path = f"{prefix}{k}"
-                if key_is_identifying(str(k)):
-                    dropped.append(path)
-                    removed_text.extend(s.strip() for s in _collect_strings(v))
-                    continue
-                out[k] = first_pass(v, path + ".")
-            return out
-        return obj
-
-    stage1 = first_pass(sidecar, "")
+    kept: Dict[str, Any] = {}
+    for key, value in sidecar.items():
+        if key_is_allowed(str(key)) and _plain(value):
+            kept[key] = value
+        else:
+            dropped.append(str(key))
+            removed_text.extend(s.strip() for s in _collect_strings(value))
     needles = sorted({s.lower() for s in removed_text if len(s) >= 3}, key=len, reverse=True)
 
-    def bad_text(s: str, key: str) -> bool:
-        low = s.lower()
-        if any(n in low for n in needles):
+    def bad_text(text: str, key: str) -> bool:
+        low = text.lower()
+        if any(n in low for n in needles if len(n) >= 4 or n == low):  # 3 characters: only the whole text
             return True
-        return key.lower() not in VERSION_KEYS and value_looks_identifying(s)
+        return key not in VERSION_KEYS and value_looks_identifying(text)
 
-    def second_pass(obj: Json, path: str) -> Tuple[bool, Json]:
-        """(keep?, cleaned value); a container keeps its good items."""
-        if isinstance(obj, str):
-            return (not bad_text(obj, path.rsplit(".", 1)[-1])), obj
-        if isinstance(obj, dict):
-            out = {}
-            for k, v in obj.items():
-                keep, cv = second_pass(v, f"{path}.{k}" if path else str(k))
-                if keep:
-                    out[k] = cv
-                else:
-                    dropped.append(f"{path}.{k}" if path else str(k))
-            return True, out
-        if isinstance(obj, list):
-            # a list with one identifying string is dropped whole: positions carry meaning
-            items = [second_pass(v, path) for v in obj]
-            if all(keep for keep, _ in items):
-                return True, [cv for _, cv in items]
-            return False, None
-        return True, obj
+    def bad(value: Json, key: str) -> bool:
+        if isinstance(value, str):
+            return bad_text(value, key)
+        if isinstance(value, list):
+            return any(bad(v, key) for v in value)
+        return False
 
-    _, clean = second_pass(stage1, "")
+    clean = {}
+    for key, value in kept.items():
+        if bad(value, key):
+            dropped.append(key)
+        else:
+            clean[key] = value
     return clean, sorted(set(dropped))
 
 
@@ -178,7 +166,7 @@ def load_sidecar(path: Union[str, Path]) -> Dict[str, Any]:
 
 
 def write_scrubbed_sidecar(src: Union[str, Path], dst: Union[str, Path]) -> List[str]:
-    """Copy sidecar ``src`` to ``dst`` (atomically) without identifying fields; return what was dropped."""
+    """Copy sidecar ``src`` to ``dst`` (atomically) with only its acquisition fields; return the dropped key names."""
     clean, dropped = scrub_sidecar(load_sidecar(src))
     write_text_atomic(dst, json.dumps(clean, indent=2, ensure_ascii=False) + "\n")
     return dropped
