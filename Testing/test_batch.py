@@ -426,3 +426,57 @@ def test_inputs_that_would_still_share_an_output_are_refused_before_any_work(tmp
         run_batch(src, tmp_path / "out", resolution=128, process_case=lambda *a, **k: calls.append(a))
     assert all(n in str(err.value) for n in names) and "\n" not in str(err.value)
     assert calls == [] and not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- one lock per OUT_DIR
+
+
+@pytest.mark.parametrize("held, tried", [(None, (0, 1)), ((0, 1), None), ((0, 2), (0, 3)), ((1, 3), (0, 2)),
+                                         ((0, 2), None), (None, (1, 4)), ((0, 2), (0, 2))])
+def test_overlapping_shard_specs_cannot_run_together(bids_dir, tmp_path, held, tried):
+    """An unsharded run and --shard 0/1, or 0/2 and 0/3, once ran on the same cases together."""
+    out = tmp_path / "out"
+    (out / "logs").mkdir(parents=True)
+    holder = batch.OutDirLock(out / "logs", held)
+    calls = []
+    try:
+        with pytest.raises(OutputError, match="another deidentify-batch run") as err:
+            run_batch(bids_dir, out, resolution=128, shard=tried, process_case=lambda *a, **k: calls.append(a))
+        assert "\n" not in str(err.value) and "pid" in str(err.value)
+    finally:
+        holder.release()
+    assert calls == [] and not read_manifests(out / "logs")
+    run_batch(bids_dir, out, resolution=128, shard=tried, process_case=fast_worker)  # released: runs now
+    assert ok_records(out)
+
+
+def test_disjoint_shards_of_one_spec_run_in_parallel(bids_dir, tmp_path):
+    """The SLURM array case: --shard 1/2 runs while --shard 0/2 holds the folder, in another process."""
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    (out / "logs").mkdir(parents=True)
+    code = ("import sys, time; from pathlib import Path; from cpmae.batch import OutDirLock; "
+            f"l = OutDirLock(Path({str(out / 'logs')!r}), (0, 2)); print('held', flush=True); time.sleep(60)")
+    import os
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(batch.__file__).parents[1]),
+                                                       os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        s = run_batch(bids_dir, out, resolution=128, shard=(1, 2), process_case=fast_worker)
+        assert s.total and not [c for c, _ in s.failed if c != BAD]
+        with pytest.raises(OutputError, match="--shard 0/2"):
+            run_batch(bids_dir, out, resolution=128, shard=(0, 3), process_case=fast_worker)
+        with pytest.raises(OutputError, match="another deidentify-batch run"):
+            run_batch(bids_dir, out, resolution=128, shard=(0, 2), process_case=fast_worker)
+    finally:
+        proc.kill()
+        proc.wait()
+    time.sleep(0.1)
+    run_batch(bids_dir, out, resolution=128, shard=(0, 2), process_case=fast_worker)  # killed: lock released
+    done = {r["case"] for r in ok_records(out)}
+    assert done == set(GOOD)

@@ -228,6 +228,105 @@ class Manifest:
         self._fh.close()
 
 
+class OutDirLock:
+    """One lock per OUT_DIR: runs may share a folder only as disjoint shards of one ``--shard i/N`` spec.
+
+    Each run holds an exclusive ``flock`` on ``logs/.running/<spec>.lock`` for its lifetime
+    (``all`` for an unsharded run, ``shard-<i>of<N>``). Under a short global lock
+    (``logs/.running/.guard``) a new run tests every other lock file: one that is still locked is
+    a live run, and it must be a different shard of the same N, else the new run is refused.
+    So ``--shard 0/8`` .. ``7/8`` (a SLURM array) run in parallel, while an unsharded run next
+    to ``--shard 0/1``, or ``0/2`` next to ``0/3``, which would process the same cases, cannot.
+    A run that dies (even ``kill -9``) releases its lock with its process.
+    """
+
+    def __init__(self, log_dir: Path, shard: Optional[Tuple[int, int]]):
+        folder = log_dir / ".running"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.spec = "all" if shard is None else f"shard-{shard[0]}of{shard[1]}"
+        self.i, self.n = (0, 1) if shard is None else shard
+        self.path = folder / f"{self.spec}.lock"
+        self._fh = None
+        with open(folder / ".guard", "a+b") as guard:
+            fcntl.flock(guard.fileno(), fcntl.LOCK_EX)  # held for milliseconds: no two runs decide at once
+            try:
+                for other in sorted(folder.glob("*.lock")):
+                    if other == self.path:
+                        continue
+                    who = _live_holder(other)
+                    i, n = _spec_of(other.stem)
+                    if who is not None and (n != self.n or i == self.i):  # unsharded = 0/1
+                        raise OutputError(
+                            f"another deidentify-batch run ({_spec_text(other.stem)}{who}) is working in this "
+                            f"output folder; a run with {_spec_text(self.spec)} would process the same cases. "
+                            "Runs can share a folder only as different shards of one --shard i/N", path=log_dir.parent)
+                fh = open(self.path, "a+b")
+                try:
+                    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    who = _holder_text(fh)
+                    fh.close()
+                    raise OutputError(f"another deidentify-batch run ({_spec_text(self.spec)}{who}) is working in "
+                                      "this output folder on the same cases; wait for it or use another shard",
+                                      path=log_dir.parent) from None
+                fh.seek(0)
+                fh.truncate()
+                fh.write(f"{socket.gethostname()} {os.getpid()}\n".encode())
+                fh.flush()
+                self._fh = fh
+            finally:
+                fcntl.flock(guard.fileno(), fcntl.LOCK_UN)
+
+    def release(self) -> None:
+        if self._fh is not None:
+            self._fh.close()  # closing drops the flock; the file stays (harmless, reused next time)
+            self._fh = None
+
+
+def _spec_of(stem: str) -> Tuple[int, int]:
+    """(i, N) of a lock file's name; an unsharded run is 0/1; an unknown name overlaps everything."""
+    if stem == "all":
+        return 0, 1
+    try:
+        i, n = stem[len("shard-"):].split("of")
+        return int(i), int(n)
+    except ValueError:
+        return -1, -1
+
+
+def _spec_text(stem: str) -> str:
+    if stem == "all":
+        return "no --shard"
+    i, n = _spec_of(stem)
+    return f"--shard {i}/{n}"
+
+
+def _holder_text(fh) -> str:
+    try:
+        fh.seek(0)
+        host, pid = fh.read(200).decode("utf-8", "replace").split()[:2]
+        return f", pid {pid} on {host}"
+    except (OSError, ValueError):
+        return ""
+
+
+def _live_holder(path: Path) -> Optional[str]:
+    """None when no process holds ``path``'s lock, else a short ", pid N on HOST" text."""
+    try:
+        fh = open(path, "rb")
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return _holder_text(fh)
+        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        return None
+    finally:
+        fh.close()
+
+
 @dataclass
 class CaseHistory:
     """What earlier runs recorded about one case."""
@@ -366,7 +465,12 @@ def run_batch(in_dir: Union[str, Path], out_dir: Union[str, Path], *, resolution
     log_dir = ensure_output_dir(out_dir / LOG_DIR, "log folder")
     ensure_output_dir(log_dir / "cases", "log folder")
 
-    manifest = Manifest(log_dir / manifest_name(shard))
+    lock = OutDirLock(log_dir, shard)
+    try:
+        manifest = Manifest(log_dir / manifest_name(shard))
+    except BaseException:
+        lock.release()
+        raise
     try:
         histories = case_histories(read_manifests(log_dir))
         if not overwrite:
@@ -390,6 +494,7 @@ def run_batch(in_dir: Union[str, Path], out_dir: Union[str, Path], *, resolution
         return summary
     finally:
         manifest.close()
+        lock.release()
 
 
 def _write_summary(log_dir: Path, shard, summary: BatchSummary) -> None:
