@@ -1,4 +1,9 @@
-"""Envelope-constrained sampling: CP-GAN's privacy transform, applied to the token sampler.
+"""Envelope-constrained sampling (architecture-1 bundles only): CP-GAN's privacy transform.
+
+Kept so that the 2026-11 demonstration bundles still run as they were measured. Architecture-2
+bundles never use it: the hull fill-and-cut copies the patient's silhouette (a silhouette-only
+attacker identified 62-100 % of subjects, ``shared/notes/model-review.md``), and
+``code_brightness`` is not a property of a code when the decoder reaches across cells.
 
 CP-GAN conditions its generator on the convex hull of the head, a shape that keeps the head's
 size and outline but smooths the face away. We compute the same hull (``cpmae.envelope``) and use
@@ -12,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
+from cpmae.conditions import cell_fractions  # noqa: F401  (re-exported: tests and callers use it here)
 
 #: decoded intensity (in units of the intensity scale) below which a code counts as air
 AIR_LEVEL = 0.1
@@ -37,12 +44,6 @@ def code_brightness(tokenizer) -> np.ndarray:
         out[start:start + len(codes)] = vol.mean(dim=(1, 2, 3)).cpu().numpy()
     tokenizer._cpmae_code_brightness = out
     return out
-
-
-def cell_fractions(mask: np.ndarray, factor: int) -> np.ndarray:
-    """Fraction of each token cell (factor³ voxels) covered by ``mask`` [z,y,x] -> [T,T,T]."""
-    t = [s // factor for s in mask.shape]
-    return mask.astype(np.float32).reshape(t[0], factor, t[1], factor, t[2], factor).mean(axis=(1, 3, 5))
 
 
 def envelope_logit_bias(hull: np.ndarray, brain: np.ndarray, tokenizer, air_level: float = AIR_LEVEL) -> torch.Tensor:

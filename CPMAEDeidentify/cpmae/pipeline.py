@@ -4,9 +4,12 @@
       ─ brain tokens e₁(B·X) ─ sample non-brain tokens Ê₂ ~ H(·|E₁) (seeded) ─ decode d₂(Ê₂)
       ─ back to the native grid ─ Y = (1−B)·decoded + B·X   (brain bit-identical)
 
-Optionally (default on) CP-GAN's convex-hull envelope of the input head (its privacy transform:
-head size and outline, face smoothed away) constrains the result: the sampler may not put air
-inside it or tissue outside it (``cpmae.constraints``), and the decoded head is cut to it.
+Architecture-2 bundles condition the prior on the brain only (tokens + per-cell occupancy,
+``cpmae.conditions``); nothing of the patient's outline enters, so the new head's outline is the
+model's. Architecture-1 bundles (the 2026-11 demonstration weights) keep running as measured:
+with ``envelope`` (default on) CP-GAN's convex-hull envelope of the input head constrains their
+sampler (``cpmae.constraints``) and the decoded head is cut to it. ``info["envelope"]`` records
+whether the envelope was used.
 """
 from __future__ import annotations
 
@@ -80,6 +83,7 @@ def deidentify(image: sitk.Image, mask: Optional[sitk.Image] = None, weights=Non
         b = to_model(mask, ref, "nearest") > 0.5
         scale = intensity_scale(x)
         hull = None
+        envelope = bool(envelope) and bundle.architecture == 1  # architecture 2 never copies the outline
         if envelope:
             from cpmae.envelope import head_envelope
 
@@ -90,14 +94,19 @@ def deidentify(image: sitk.Image, mask: Optional[sitk.Image] = None, weights=Non
             xb = torch.from_numpy((x * b / scale).astype(np.float32))[None, None].to(dev)
             brain_tokens = bundle.brain_tokenizer.encode(xb)
             del xb
-        bias = None
+        bias, cond = None, None
+        if bundle.architecture >= 2:
+            from cpmae.conditions import brain_maps
+
+            cond = torch.from_numpy(brain_maps(b, bundle.nonbrain_tokenizer.cfg.factor))[None].to(dev)
         if hull is not None:
             from cpmae.constraints import envelope_logit_bias
 
             with reporter.stage("envelope constraint"):
                 bias = envelope_logit_bias(hull, b, bundle.nonbrain_tokenizer)
         nonbrain_tokens = sample_nonbrain_tokens(bundle.prior, brain_tokens, steps=steps, seed=seed,
-                                                 temperature=temperature, logit_bias=bias, reporter=reporter)
+                                                 temperature=temperature, logit_bias=bias, reporter=reporter,
+                                                 cond=cond)
         with reporter.stage("decode"):
             decoded = bundle.nonbrain_tokenizer.decode(nonbrain_tokens)[0, 0].float().cpu().numpy() * scale
     decoded = np.clip(decoded, 0.0, None)
@@ -122,6 +131,7 @@ def deidentify(image: sitk.Image, mask: Optional[sitk.Image] = None, weights=Non
         "seed": int(seed),
         "device": dev.type,
         "envelope": bool(envelope),
+        "architecture": bundle.architecture,
         "temperature": temperature,
         "brain_volume_cm3": round(volume_cm3, 1),
         "brain_voxels": int(np.count_nonzero(sitk.GetArrayViewFromImage(mask))),

@@ -36,12 +36,13 @@ def draw_categorical(logits: torch.Tensor, generator: torch.Generator, temperatu
 def sample_nonbrain_tokens(prior, brain_tokens: torch.Tensor, steps: int = DEFAULT_STEPS, seed: int = 0,
                            temperature: float = 1.0, guidance: float = 1.0,
                            logit_bias: Optional[torch.Tensor] = None,
-                           reporter: Reporter = NULL) -> torch.Tensor:
+                           reporter: Reporter = NULL, cond: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Sample non-brain tokens [B,T,T,T] conditioned on ``brain_tokens`` [B,T,T,T].
 
     ``guidance`` > 1 applies classifier-free guidance against the null condition (2× cost).
-    ``logit_bias`` [B|1,K,T,T,T] is added to the logits at every step (``cpmae.constraints``:
-    -inf forbids a code at a position).
+    ``logit_bias`` [B|1,K,T,T,T] is added to the logits at every step (architecture 1 only,
+    ``cpmae.constraints``: -inf forbids a code at a position). ``cond`` [B,C,T,T,T]: architecture
+    2's condition maps (brain occupancy, face shape); the null condition zeroes them.
     """
     if steps < 1:
         raise ValueError("steps must be >= 1")
@@ -51,16 +52,18 @@ def sample_nonbrain_tokens(prior, brain_tokens: torch.Tensor, steps: int = DEFAU
     b = brain_tokens.shape[0]
     x = torch.randint(0, k, brain_tokens.shape, generator=gen).to(device)
     levels = torch.linspace(1.0, 0.0, steps + 1)
+    extra = {} if cond is None else {"cond": cond.to(device)}
+    null_extra = {} if cond is None else {"cond": torch.zeros_like(extra["cond"])}
     with reporter.stage("sample", total=steps) as st:
         for i in range(steps):
             t = levels[i].expand(b).to(device)
-            logits = prior(x, brain_tokens, t)
+            logits = prior(x, brain_tokens, t, **extra)
             if guidance != 1.0:
-                uncond = prior(x, prior.null_brain(brain_tokens), t)
+                uncond = prior(x, prior.null_brain(brain_tokens), t, **null_extra)
                 logits = uncond + guidance * (logits - uncond)
             if logit_bias is not None:
                 logits = logits + logit_bias.to(logits.device)
-            x = draw_categorical(logits, gen, temperature)
+            x = prior.draw(logits, gen, temperature)
             if i < steps - 1:
                 x, _ = renoise(x.cpu(), levels[i + 1].expand(b), k, gen)
                 x = x.to(device)

@@ -23,7 +23,8 @@ from safetensors.torch import load_file, save_file
 from cpmae import __version__
 from cpmae.errors import WeightsError
 from cpmae.hashing import sha256_file
-from cpmae.models import PriorConfig, TokenizerConfig, Tokenizer, TokenPrior
+from cpmae.models import Tokenizer
+from cpmae.models.build import build, component_kind
 
 FORMAT = "cpmae-weights/1"
 COMPONENTS = ("brain_tokenizer", "nonbrain_tokenizer", "prior")
@@ -44,13 +45,18 @@ def git_revision() -> str:
 class Bundle:
     brain_tokenizer: Tokenizer
     nonbrain_tokenizer: Tokenizer
-    prior: TokenPrior
+    prior: torch.nn.Module  # TokenPrior (architecture 1) or DigitPrior (2)
     manifest: dict
     path: Path
 
     @property
     def resolution(self) -> int:
         return int(self.manifest["resolution"])
+
+    @property
+    def architecture(self) -> int:
+        """1: the 2026-11 demo bundles (run with the hull envelope); 2: local tokenizers, digit prior."""
+        return int(self.manifest.get("architecture", 1))
 
     @property
     def sha256(self) -> str:
@@ -118,10 +124,10 @@ def load_bundle(spec: Optional[Union[str, Path]] = None, resolution: Optional[in
         if name not in comps:
             raise WeightsError(f"manifest.json lists no {name}", path=path)
         entry = comps[name]
-        if name == "prior":
-            model = TokenPrior(PriorConfig.from_dict(entry["config"]))
-        else:
-            model = Tokenizer(TokenizerConfig.from_dict(entry["config"]))
+        try:
+            model = build(component_kind(name), entry["config"])
+        except (TypeError, ValueError) as exc:
+            raise WeightsError(f"manifest.json: {name} config is not usable ({exc})", path=path) from None
         state = _load_state(path, entry)
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
@@ -136,7 +142,7 @@ def load_bundle(spec: Optional[Union[str, Path]] = None, resolution: Optional[in
 
 
 def save_bundle(out_dir: Union[str, Path], brain_tokenizer: Tokenizer, nonbrain_tokenizer: Tokenizer,
-                prior: TokenPrior, resolution: int, meta: Optional[dict] = None, half: bool = True) -> Path:
+                prior: torch.nn.Module, resolution: int, meta: Optional[dict] = None, half: bool = True) -> Path:
     """Write a bundle atomically (temp folder, then rename). ``half`` stores fp16 to keep the repo small."""
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -150,16 +156,19 @@ def save_bundle(out_dir: Union[str, Path], brain_tokenizer: Tokenizer, nonbrain_
         save_file(state, str(tmp / fname), metadata={"component": name, "format": FORMAT})
         comps[name] = {"file": fname, "sha256": sha256_file(tmp / fname), "config": model.cfg.to_dict(),
                        "parameters": int(sum(p.numel() for p in model.parameters()))}
-    # which codes decode to air: the envelope constraint needs it at every run, so measure it once here,
-    # on the stored (possibly fp16-rounded) weights that inference will load
-    from cpmae.constraints import code_brightness
+    arch = int(getattr(prior.cfg, "arch", 1))
+    if arch == 1:
+        # which codes decode to air: architecture 1's envelope constraint needs it at every run, so
+        # measure it once here, on the stored (possibly fp16-rounded) weights that inference will load
+        from cpmae.constraints import code_brightness
 
-    stored = Tokenizer(nonbrain_tokenizer.cfg)
-    stored.load_state_dict({k: v.float() for k, v in load_file(str(tmp / "nonbrain_tokenizer.safetensors")).items()})
-    comps["nonbrain_tokenizer"]["code_brightness"] = [round(float(v), 5) for v in code_brightness(stored.eval())]
+        stored = Tokenizer(nonbrain_tokenizer.cfg)
+        stored.load_state_dict({k: v.float() for k, v in load_file(str(tmp / "nonbrain_tokenizer.safetensors")).items()})
+        comps["nonbrain_tokenizer"]["code_brightness"] = [round(float(v), 5) for v in code_brightness(stored.eval())]
     manifest = {
         "format": FORMAT,
         "name": out.name,
+        "architecture": arch,
         "version": __version__,
         "resolution": int(resolution),
         "spacing_mm": {128: 2.0, 256: 1.0}.get(int(resolution)),

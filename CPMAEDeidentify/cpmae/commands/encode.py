@@ -51,7 +51,7 @@ def encode_dataset(args) -> Path:
     from cpmae.errors import InputError
     from cpmae.progress import Reporter
     from cpmae.train import data as D
-    from cpmae.train.tokens import encode_part
+    from cpmae.train.tokens import encode_pair
 
     brain_tok, nonbrain_tok, origin = _tokenizers(args)
     res = args.resolution or brain_tok.cfg.in_size
@@ -72,8 +72,10 @@ def encode_dataset(args) -> Path:
     with reporter.stage("encode", total=len(ids)) as stage:
         for i, cid in enumerate(ids):
             vol = source.train(i)
-            pair = {"brain": encode_part(brain_tok, vol, "brain", args.device).astype(np.int16),
-                    "nonbrain": encode_part(nonbrain_tok, vol, "nonbrain", args.device).astype(np.int16)}
+            brain, nonbrain, cond = encode_pair(brain_tok, nonbrain_tok, vol, args.device)
+            # int16 holds any code of 12,800; occupancy (cpmae.conditions) as float16
+            pair = {"brain": brain.astype(np.int16), "nonbrain": nonbrain.astype(np.int16),
+                    "occupancy": cond[0].astype(np.float16)}
             rel = f"tokens/{cid}.npz"
             tmp = out / "tokens" / f".{cid}.{os.getpid()}.tmp.npz"
             np.savez(tmp, **pair)
@@ -81,7 +83,9 @@ def encode_dataset(args) -> Path:
             cases.append({"id": cid, "file": rel})
             stage.advance()
     manifest = {"kind": "cpmae-tokens", "version": 1, "resolution": res, "token_size": brain_tok.cfg.token_size,
-                "codebook_size": brain_tok.codebook_size, "tokenizers": origin, "data": source.description,
+                "codebook_size": brain_tok.codebook_size, "levels": list(brain_tok.cfg.levels),
+                "arch": int(brain_tok.cfg.arch), "tokenizers": origin, "data": source.description,
+                "cohort_seeds": [int(args.cohort_seed)] if args.data == "cohort" else [],
                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "cases": cases}
     write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=1) + "\n")
     return out

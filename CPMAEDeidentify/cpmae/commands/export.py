@@ -49,10 +49,38 @@ def export(runs, out: Path, note: str = "", half: bool = True) -> Path:
     training = {k: {"steps": int(v[2]["step"]), "data": v[2].get("data", ""), "seed": v[1].seed,
                     "global_batch": v[1].batch_size, "elapsed_s": round(float(v[2].get("elapsed_s", 0)), 1),
                     "checkpoint": v[3].name} for k, v in found.items()}
-    meta = {"training_data": found["prior"][2].get("data", ""), "training": training}
+    meta = {"training_data": found["prior"][2].get("data", ""), "training": training,
+            "data": data_record(found)}
     if note:
         meta["note"] = note
     return save_bundle(out, brain, nonbrain, prior, resolutions["prior"], meta=meta, half=half)
+
+
+def data_record(found) -> dict:
+    """What the weights learned from: cohort seeds (the audit refuses a cohort that overlaps them),
+    source heads, steps, hardware, wall time and each run's last held-out metrics."""
+    from cpmae import cohort
+    from cpmae.train.logs import METRICS, read_metrics
+
+    seeds, metrics = set(), {}
+    for key, (_, cfg, state, ckpt) in found.items():
+        seeds.update(int(s) for s in state.get("cohort_seeds", []))
+        log = Path(ckpt).parent.parent / METRICS
+        val = {}
+        if log.is_file():
+            for rec in read_metrics(log):
+                if rec.get("step", 0) <= int(state["step"]) and any(k.startswith("val_") for k in rec):
+                    val = {k: v for k, v in rec.items() if k.startswith("val_")}
+        metrics[key] = val
+    return {
+        "cohort_seeds": sorted(seeds),
+        "cohort_generator": getattr(cohort, "GENERATOR_VERSION", ""),
+        "source_heads": list(getattr(cohort, "SOURCES", ())),
+        "steps": {k: int(v[2]["step"]) for k, v in found.items()},
+        "hardware": {k: v[2].get("hardware", "not recorded") for k, v in found.items()},
+        "wall_time_s": round(sum(float(v[2].get("elapsed_s", 0)) for v in found.values()), 1),
+        "held_out_metrics": metrics,
+    }
 
 
 def run(args) -> int:

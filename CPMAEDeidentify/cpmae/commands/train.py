@@ -34,7 +34,8 @@ FLAGS = [  # (flag, config key, type, help)
     ("--checkpoint-every", "checkpoint_every", int, "checkpoint every N steps"),
     ("--log-every", "log_every", int, "write metrics every N steps"),
     ("--device", "device", str, "auto | cpu | cuda"),
-    ("--precision", "precision", str, "fp32 | bf16 (autocast; fast on GPUs, rarely on CPUs)"),
+    ("--precision", "precision", str, "fp32 | bf16 (autocast) | auto (bf16 where the GPU or CPU has it: "
+     "AVX512-BF16/AMX)"),
     ("--threads", "threads", int, "torch CPU threads (0 = default)"),
 ]
 SWITCHES = [

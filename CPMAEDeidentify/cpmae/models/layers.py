@@ -31,17 +31,43 @@ def pixel_shuffle3d(x: torch.Tensor, r: int) -> torch.Tensor:
     return x.reshape(b, co, d * r, h * r, w * r)
 
 
-def norm(channels: int) -> nn.GroupNorm:
+class ChannelNorm(nn.Module):
+    """LayerNorm over the channels of each voxel. Purely local: unlike GroupNorm, whose
+    statistics span the whole volume, the output at a voxel does not depend on how large a
+    crop was encoded, so tokens of a 64³ training crop equal those of the whole head."""
+
+    def __init__(self, channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(1, keepdim=True)
+        var = (x - mean).pow(2).mean(1, keepdim=True)
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight.view(shape) + self.bias.view(shape)
+
+
+NORMS = ("group", "channel")
+
+
+def norm(channels: int, kind: str = "group") -> nn.Module:
+    """``group``: GroupNorm (architecture 1, whole-volume statistics); ``channel``: ChannelNorm."""
+    if kind == "channel":
+        return ChannelNorm(channels)
+    if kind != "group":
+        raise ValueError(f"norm must be one of {NORMS}, not {kind!r}")
     return nn.GroupNorm(min(8, channels), channels)
 
 
 class ResBlock(nn.Module):
     """Pre-norm residual block of two 3×3×3 convs; optional FiLM from a conditioning vector."""
 
-    def __init__(self, channels: int, cond_dim: int = 0):
+    def __init__(self, channels: int, cond_dim: int = 0, norm_kind: str = "group"):
         super().__init__()
-        self.norm1, self.conv1 = norm(channels), nn.Conv3d(channels, channels, 3, padding=1)
-        self.norm2, self.conv2 = norm(channels), nn.Conv3d(channels, channels, 3, padding=1)
+        self.norm1, self.conv1 = norm(channels, norm_kind), nn.Conv3d(channels, channels, 3, padding=1)
+        self.norm2, self.conv2 = norm(channels, norm_kind), nn.Conv3d(channels, channels, 3, padding=1)
         self.act = nn.SiLU()
         self.film = nn.Linear(cond_dim, 2 * channels) if cond_dim else None
         nn.init.zeros_(self.conv2.weight)
@@ -59,9 +85,9 @@ class ResBlock(nn.Module):
 class SelfAttention3d(nn.Module):
     """Global self-attention over a small (coarsest) grid; cheap at 8³ = 512 positions."""
 
-    def __init__(self, channels: int, heads: int = 4):
+    def __init__(self, channels: int, heads: int = 4, norm_kind: str = "group"):
         super().__init__()
-        self.norm = norm(channels)
+        self.norm = norm(channels, norm_kind)
         self.attn = nn.MultiheadAttention(channels, heads, batch_first=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -22,12 +22,19 @@ from cpmae.models.layers import ResBlock, SelfAttention3d, norm, pixel_shuffle3d
 class PriorConfig:
     codebook_size: int = 512
     token_size: int = 32
-    embed_dim: int = 32
+    embed_dim: int = 32  # arch 2: per FSQ digit (arch 1: per code)
     channels: Tuple[int, int] = (80, 128)  # at token/2 and token/4 resolution
     blocks: int = 2
     cond_dropout: float = 0.1
     head_channels: int = 64
     attention: bool = True
+    # architecture: 1 = one softmax over all codes (2026-11 demo bundles; the default of a stored
+    # config without this key); 2 = ``DigitPrior`` (its defaults: ``cpmae.models.build.ARCH2``)
+    arch: int = 1
+    levels: Tuple[int, ...] = (8, 8, 8, 5, 5)  # arch 2: the tokenizers' FSQ levels
+    cond_channels: int = 1  # arch 2: float maps per token cell (brain occupancy)
+    shape_channels: int = 0  # arch 2: face-shape maps per token cell (0 = no shape condition)
+    shape_dropout: float = 0.15  # arch 2: share of training samples whose shape maps are zeroed
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -35,8 +42,9 @@ class PriorConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "PriorConfig":
         d = dict(d)
-        if "channels" in d:
-            d["channels"] = tuple(d["channels"])
+        for k in ("channels", "levels"):
+            if k in d:
+                d[k] = tuple(d[k])
         return cls(**d)
 
 
@@ -50,6 +58,8 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
 class TokenPrior(nn.Module):
     def __init__(self, cfg: PriorConfig = PriorConfig()):
         super().__init__()
+        if cfg.arch != 1:
+            raise ValueError("TokenPrior is architecture 1 (use cpmae.models.build)")
         self.cfg = cfg
         k, e = cfg.codebook_size, cfg.embed_dim
         c0, c1 = cfg.channels
@@ -74,8 +84,28 @@ class TokenPrior(nn.Module):
         """Brain tokens meaning "no condition" (for condition dropout / guidance)."""
         return torch.full_like(like, self.null_index)
 
-    def forward(self, noisy: torch.Tensor, brain: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """noisy, brain: [B,T,T,T] int64; t: [B] in [0,1] -> logits [B,K,T,T,T]."""
+    def loss(self, logits, target, replaced, clean_weight: float = 0.3) -> torch.Tensor:
+        from cpmae.noising import prior_loss
+
+        return prior_loss(logits, target, replaced, clean_weight)
+
+    def token_nll(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-token negative log-likelihood [B,...]."""
+        return torch.nn.functional.cross_entropy(logits.float(), target, reduction="none")
+
+    def argmax(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.argmax(1)
+
+    def draw(self, logits: torch.Tensor, generator: torch.Generator, temperature: float = 1.0) -> torch.Tensor:
+        from cpmae.sampler import draw_categorical
+
+        return draw_categorical(logits, generator, temperature)
+
+    def forward(self, noisy: torch.Tensor, brain: torch.Tensor, t: torch.Tensor, cond=None,
+                origin=None) -> torch.Tensor:
+        """noisy, brain: [B,T,T,T] int64; t: [B] in [0,1] -> logits [B,K,T,T,T].
+
+        ``cond`` and ``origin`` are architecture 2's inputs; this architecture ignores them."""
         h = torch.cat([self.embed_x(noisy), self.embed_brain(brain)], dim=-1)  # [B,T,T,T,2e]
         h = pixel_unshuffle3d(h.permute(0, 4, 1, 2, 3).contiguous(), 2)
         h = self.stem(h)

@@ -136,11 +136,11 @@ def load_checkpoint(ckpt: Path, model: torch.nn.Module, optimizer: Optional[torc
 
 def load_trained_model(path: Path, device: str = "cpu") -> Tuple[torch.nn.Module, TrainConfig, Dict[str, Any]]:
     """Rebuild a trained model from a run or checkpoint folder: (model in eval mode, config, state)."""
-    from cpmae.train.tasks import build_model
+    from cpmae.models.build import build
 
     ckpt = find_checkpoint(path)
     cfg = TrainConfig.from_dict(read_yaml(ckpt / "config.yaml"), path=ckpt / "config.yaml")
     state = read_state(ckpt)
-    model = build_model(cfg.task, state["model_config"])
+    model = build(cfg.task, state["model_config"])
     load_checkpoint(ckpt, model, None, map_location=device)
     return model.to(device).eval(), cfg, state

@@ -27,12 +27,14 @@ class TrainConfig:
     resolution: int = 256  # model grid: 128 (2 mm) | 256 (1 mm)
     # optimisation
     steps: int = 1000
-    batch_size: int = 1  # global batch; split evenly over DDP ranks
+    batch_size: int = 1  # global (effective) batch; split evenly over DDP ranks
+    micro_batch: int = 0  # samples per forward pass; gradients accumulate up to batch_size (0 = all at once)
     lr: float = 2e-4
     min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio
     warmup_steps: int = 50
     schedule: str = "cosine"  # cosine | linear | constant (after linear warm-up)
-    budget_schedule: bool = False  # with max_minutes: decay by elapsed share of the budget too
+    budget_schedule: bool = False  # with max_minutes: decay by elapsed share of the budget too (time
+    # before a --resume counts: max_minutes is the run's total budget across resumes)
     weight_decay: float = 0.0
     beta1: float = 0.9
     beta2: float = 0.99
@@ -46,6 +48,7 @@ class TrainConfig:
     # prior
     clean_weight: float = 0.3  # Paella v3 loss weight of tokens that were not replaced
     token_crop: int = 0  # prior: train on token_crop³ windows of the token grid (0 = whole grid)
+    full_grid_fraction: float = 0.0  # prior: the last share of the steps trains on whole token grids
     val_render: bool = False  # prior: at each validation, remodel held-out subject 0 and render it
     val_render_steps: int = 8  # sampler steps for that render
     brain_tokenizer: str = ""  # run folder or weights bundle, for on-the-fly token pairs
@@ -69,7 +72,7 @@ class TrainConfig:
     max_minutes: float = 0.0  # wall-time budget; 0 = none. The run stops cleanly and checkpoints.
     # speed
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    precision: str = "fp32"  # fp32 | bf16 (autocast) | auto (bf16 where the CPU/GPU supports it)
     compile: bool = False
     activation_checkpointing: bool = False
     channels_last: bool = False
@@ -90,8 +93,12 @@ class TrainConfig:
             bad("steps must be >= 0 and batch_size >= 1")
         if self.schedule not in ("cosine", "linear", "constant"):
             bad(f"schedule must be cosine, linear or constant, not {self.schedule!r}")
-        if self.precision not in ("fp32", "bf16"):
-            bad(f"precision must be fp32 or bf16, not {self.precision!r}")
+        if self.precision not in ("fp32", "bf16", "auto"):
+            bad(f"precision must be fp32, bf16 or auto, not {self.precision!r}")
+        if self.micro_batch < 0 or (self.micro_batch and self.batch_size % self.micro_batch):
+            bad(f"micro_batch must be 0 or divide batch_size ({self.batch_size}), not {self.micro_batch}")
+        if not 0.0 <= self.full_grid_fraction <= 1.0:
+            bad(f"full_grid_fraction must be between 0 and 1, not {self.full_grid_fraction}")
         if self.crop < 0 or self.crop > self.resolution:
             bad(f"crop must be between 0 and the resolution ({self.resolution}), not {self.crop}")
         if self.token_crop < 0 or self.token_crop % 4:

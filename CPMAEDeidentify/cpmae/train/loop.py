@@ -49,10 +49,51 @@ def lr_at(step: int, cfg: TrainConfig, budget_frac: float = 0.0) -> float:
     return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * frac))
 
 
+def cpu_flags() -> set:
+    """Instruction-set flags of this CPU (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def bf16_supported(device: torch.device, flags: Optional[set] = None) -> bool:
+    """Whether bf16 autocast is fast here: CUDA GPUs that report bf16; CPUs with AVX512-BF16 or AMX.
+    Without them bf16 convolutions are emulated and slower than fp32 (the CPU changes between
+    machines, so this is checked at run time, not assumed)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device.type != "cpu":
+        return False
+    flags = cpu_flags() if flags is None else flags
+    return bool({"avx512_bf16", "amx_bf16"} & flags)
+
+
+def use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
+    return cfg.precision == "bf16" or (cfg.precision == "auto" and bf16_supported(device))
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process (Linux reports KiB, macOS bytes)."""
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r / 1024.0 / (1024.0 if sys.platform == "darwin" else 1.0)
+
+
+def hardware(device: torch.device) -> str:
+    """The machine a run trained on, for checkpoints and bundle manifests."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (torch {torch.__version__})"
+    name = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name}, {torch.get_num_threads()} threads (torch {torch.__version__})"
 
 
 def enable_activation_checkpointing(model: torch.nn.Module) -> int:
@@ -146,9 +187,12 @@ def _train(cfg, run_dir, resume, reporter, task, stop_at, info, device, sigterm)
         if cfg.compile:
             model = torch.compile(model)
         log = MetricsLog(run_dir, start) if info.main else None
-        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+        bf16 = use_bf16(cfg, device)
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
         base_state = {"task": cfg.task, "model_config": task.model_config, "data": task.data_description,
-                      "global_batch": cfg.batch_size, "world_size": info.world}
+                      "global_batch": cfg.batch_size, "world_size": info.world,
+                      "cohort_seeds": list(getattr(task, "cohort_seeds", [])), "precision": "bf16" if bf16 else "fp32",
+                      "hardware": hardware(device)}
 
         saved = {"step": start}
 
@@ -186,22 +230,30 @@ def _train(cfg, run_dir, resume, reporter, task, stop_at, info, device, sigterm)
             while step < cfg.steps:
                 t0 = time.perf_counter()
                 budget_frac = 0.0
-                if cfg.budget_schedule and cfg.max_minutes > 0:
-                    budget_frac = (time.perf_counter() - t_start) / (cfg.max_minutes * 60)
+                if cfg.budget_schedule and cfg.max_minutes > 0:  # time before a resume counts too
+                    budget_frac = (elapsed_before + time.perf_counter() - t_start) / (cfg.max_minutes * 60)
                     budget_frac = dist_.mean(budget_frac, info, device)  # one lr on every rank
                 lr = lr_at(step, cfg, budget_frac)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                batch = task.batch(rank_indices(step, cfg.batch_size, info.rank, info.world), device)
-                if cfg.channels_last:
-                    batch = _to_channels_last(batch)
-                with autocast:
-                    loss, extra = task.loss(model, batch)
-                if not torch.isfinite(loss):
-                    raise InputError(f"training diverged at step {step + 1} (loss {float(loss)}); "
-                                     f"lower --lr or check the data", path=run_dir)
+                indices = rank_indices(step, cfg.batch_size, info.rank, info.world)
+                micro = max(1, cfg.micro_batch // info.world) if cfg.micro_batch else len(indices)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss_sum, extra = 0.0, {}
+                for k in range(0, len(indices), micro):  # gradient accumulation: same samples, same mean
+                    chunk = indices[k:k + micro]
+                    batch = task.batch(chunk, device)
+                    if cfg.channels_last:
+                        batch = _to_channels_last(batch)
+                    with autocast:
+                        loss, extra = task.loss(model, batch)
+                    if not torch.isfinite(loss):
+                        raise InputError(f"training diverged at step {step + 1} (loss {float(loss)}); "
+                                         f"lower --lr or check the data", path=run_dir)
+                    share = len(chunk) / len(indices)
+                    (loss * share if share != 1 else loss).backward()
+                    loss_sum += float(loss.detach()) * share
+                loss = torch.tensor(loss_sum)
                 grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                              if cfg.grad_clip > 0 else torch.tensor(float("nan")))
                 optimizer.step()
@@ -217,7 +269,8 @@ def _train(cfg, run_dir, resume, reporter, task, stop_at, info, device, sigterm)
                 bar.advance()
                 if cfg.val_every and step % cfg.val_every == 0:
                     last_val = validate(step)
-                out_of_time = cfg.max_minutes > 0 and (time.perf_counter() - t_start) > cfg.max_minutes * 60
+                spent = time.perf_counter() - t_start + (elapsed_before if cfg.budget_schedule else 0.0)
+                out_of_time = cfg.max_minutes > 0 and spent > cfg.max_minutes * 60
                 out_of_time = dist_.any_true(out_of_time, info, device)
                 terminated = dist_.any_true(sigterm["stop"], info, device)
                 if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or out_of_time or terminated:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from cpmae.errors import InputError
+from cpmae.models.build import build, complete
 from cpmae.train import data as D
 from cpmae.train.config import TrainConfig
 from cpmae.train.losses import codebook_stats, psnr, reconstruction_loss, ssim3d
@@ -22,11 +23,13 @@ VAL_NOISE_LEVELS = (0.3, 0.6, 0.9)
 
 
 def build_model(task: str, model_config: Dict[str, Any]) -> torch.nn.Module:
-    from cpmae.models import PriorConfig, TokenPrior, Tokenizer, TokenizerConfig
+    """Kept for callers of the old name; the one builder is ``cpmae.models.build``."""
+    return build(task, model_config)
 
-    if task == "tokenizer":
-        return Tokenizer(TokenizerConfig.from_dict(model_config))
-    return TokenPrior(PriorConfig.from_dict(model_config))
+
+def cohort_seeds(cfg: TrainConfig) -> List[int]:
+    """Cohort seeds a run trains on (recorded in checkpoints and bundle manifests)."""
+    return [int(cfg.cohort_seed)] if cfg.data == "cohort" else []
 
 
 def subject_source(cfg: TrainConfig) -> D.SubjectSource:
@@ -41,10 +44,9 @@ class TokenizerTask:
     """Autoencoder of B·x (brain) or (1-B)·x (non-brain) with an FSQ bottleneck; L1 + SSIM loss."""
 
     def __init__(self, cfg: TrainConfig, source: Optional[D.SubjectSource] = None):
-        from cpmae.models import TokenizerConfig
-
         self.cfg = cfg
-        self.model_config = TokenizerConfig.from_dict(dict(cfg.model, in_size=cfg.resolution)).to_dict()
+        self.model_config = complete("tokenizer", dict(cfg.model, in_size=cfg.resolution))
+        self.cohort_seeds = cohort_seeds(cfg)
         self.align = cfg.resolution // self.model_config["token_size"]
         if cfg.crop and cfg.crop % self.align:
             raise InputError(f"crop {cfg.crop} must be a multiple of {self.align} (voxels per token)")
@@ -52,7 +54,7 @@ class TokenizerTask:
         self.data_description = self.source.description
 
     def build(self) -> torch.nn.Module:
-        return build_model("tokenizer", self.model_config)
+        return build("tokenizer", self.model_config)
 
     def _sample(self, vol: D.Volume, rng: np.random.Generator, flip: float) -> np.ndarray:
         c = self.cfg
@@ -88,17 +90,30 @@ class TokenizerTask:
 
 
 class PriorTask:
-    """Paella-style denoising of non-brain tokens conditioned on the aligned brain tokens."""
+    """Paella-style denoising of non-brain tokens conditioned on the aligned brain tokens.
+
+    Architecture 2 also gets the condition maps (``cpmae.conditions``) and the crop's position;
+    crops are centred, with probability ``face_bias``, on a non-air token in front of the brain,
+    where air is every code that stands for empty space (``air_codes``), not just the commonest.
+    The last ``full_grid_fraction`` of the steps trains on whole token grids (global coherence).
+    """
 
     def __init__(self, cfg: TrainConfig, pairs=None, device: str = "cpu"):
-        from cpmae.models import PriorConfig
-
         self.cfg = cfg
         self.tokenizers = None  # (brain, nonbrain, subject source) when encoding on the fly
         self.pairs = pairs or self._pairs(cfg, device)
-        self.model_config = PriorConfig.from_dict(dict(
-            cfg.model, codebook_size=self.pairs.codebook_size, token_size=self.pairs.token_size)).to_dict()
+        model = dict(cfg.model)
+        model.setdefault("arch", self.pairs.arch)
+        model.update(codebook_size=self.pairs.codebook_size, token_size=self.pairs.token_size)
+        if int(model["arch"]) >= 2:
+            if not self.pairs.levels:
+                raise InputError("an architecture-2 prior needs token pairs from architecture-2 tokenizers "
+                                 "(FSQ levels and condition maps); re-encode with `cpmae encode`", path=cfg.data)
+            model["levels"] = tuple(self.pairs.levels)
+        self.model_config = complete("prior", model)
+        self.arch = int(self.model_config["arch"])
         self.data_description = self.pairs.description
+        self.cohort_seeds = self.pairs.cohort_seeds or cohort_seeds(cfg)
 
     def _pairs(self, cfg: TrainConfig, device: str):
         from cpmae.train import tokens as T
@@ -115,39 +130,75 @@ class PriorTask:
                                  path=getattr(cfg, f"{name}_tokenizer"))
         subjects = subject_source(cfg)
         self.tokenizers = (brain, nonbrain, subjects)
-        return T.encoded_pairs(subjects, brain, nonbrain, device)
+        return T.encoded_pairs(subjects, brain, nonbrain, device, cohort_seeds(cfg))
 
     def build(self) -> torch.nn.Module:
-        return build_model("prior", self.model_config)
+        return build("prior", self.model_config)
 
-    def _noised(self, pair, rng: np.random.Generator, t: Optional[float] = None, drop: Optional[bool] = None):
+    def air_codes(self, nonbrain: np.ndarray) -> np.ndarray:
+        """Codes that stand for empty space: architecture 2 has one (clean air); for architecture 1,
+        every code making up ≥ 2 % of the grid's outer shell (air surrounds the head) plus the
+        commonest code (the zero input inside the brain)."""
+        if self.arch >= 2:
+            from cpmae.models.tokenizer import AIR
+
+            return np.array([AIR])
+        shell = np.concatenate([nonbrain[[0, -1]].ravel(), nonbrain[:, [0, -1]].ravel(), nonbrain[:, :, [0, -1]].ravel()])
+        counts = np.bincount(shell, minlength=self.pairs.codebook_size)
+        codes = set(np.nonzero(counts >= 0.02 * len(shell))[0].tolist())
+        codes.add(int(np.bincount(nonbrain.ravel()).argmax()))
+        return np.array(sorted(codes))
+
+    def face_cells(self, pair) -> np.ndarray:
+        """[N,3] non-air token cells in front of the brain's centre (the face is at low y on the
+        model grid, ``cpmae.geometry``); all non-air cells when there are none."""
+        brain, nonbrain, cond = pair
+        tissue = ~np.isin(nonbrain, self.air_codes(nonbrain))
+        in_brain = cond[0] > 0 if cond is not None else brain != np.bincount(brain.ravel()).argmax()
+        ys = np.nonzero(in_brain.any(axis=(0, 2)))[0]
+        face = tissue.copy()
+        if len(ys):
+            face[:, int(ys.mean()):, :] = False
+        cells = np.argwhere(face)
+        return cells if len(cells) else np.argwhere(tissue)
+
+    def full_grid(self, index: int) -> bool:
+        """Whether global sample ``index`` belongs to the final whole-grid phase."""
+        c = self.cfg
+        return c.full_grid_fraction > 0 and index // c.batch_size >= c.steps * (1.0 - c.full_grid_fraction)
+
+    def crop_pair(self, pair, rng: np.random.Generator, full: bool = False):
+        """A ``token_crop``³ window of a pair -> (brain, nonbrain, cond, origin [3])."""
+        k = self.cfg.token_crop
+        brain, nonbrain, cond = pair
+        if full or not k or k >= max(nonbrain.shape):
+            return brain, nonbrain, cond, np.zeros(3, np.int64)
+        centre = rng.integers(0, nonbrain.shape)
+        if rng.random() < self.cfg.face_bias:
+            cells = self.face_cells(pair)
+            if len(cells):
+                centre = cells[rng.integers(len(cells))]
+        z, y, x = D.window_corner(centre, nonbrain.shape, k, 1)
+        win = (slice(z, z + k), slice(y, y + k), slice(x, x + k))
+        return (brain[win], nonbrain[win], None if cond is None else cond[(slice(None),) + win],
+                np.array([z, y, x], np.int64))
+
+    def _noised(self, item, rng: np.random.Generator, t: Optional[float] = None, drop: Optional[bool] = None):
         from cpmae.noising import renoise
 
-        brain, target = (torch.from_numpy(a) for a in pair)
+        brain, target, cond, origin = item
+        brain, target = torch.from_numpy(np.ascontiguousarray(brain)), torch.from_numpy(np.ascontiguousarray(target))
         t = float(rng.random()) if t is None else t
         gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
         noisy, replaced = renoise(target[None], torch.tensor([t]), self.pairs.codebook_size, generator=gen)
         if drop is None:
             drop = rng.random() < self.model_config["cond_dropout"]
+        cond = (torch.zeros((0,) + tuple(target.shape)) if cond is None
+                else torch.from_numpy(np.array(cond, dtype=np.float32)))
         if drop:
-            brain = torch.full_like(brain, self.pairs.codebook_size)  # TokenPrior's "no condition" index
-        return noisy[0], brain, torch.tensor(t, dtype=torch.float32), target, replaced[0]
-
-    def crop_pair(self, pair, rng: np.random.Generator):
-        """A ``token_crop``³ window of a token pair: with probability ``face_bias`` centred on a
-        non-brain token that is not the commonest code (air / masked brain), else anywhere."""
-        k = self.cfg.token_crop
-        brain, nonbrain = pair
-        if not k or k >= max(nonbrain.shape):
-            return pair
-        centre = rng.integers(0, nonbrain.shape)
-        if rng.random() < self.cfg.face_bias:
-            background = np.bincount(nonbrain.ravel()).argmax()
-            busy = np.argwhere(nonbrain != background)
-            if len(busy):
-                centre = busy[rng.integers(len(busy))]
-        z, y, x = D.window_corner(centre, nonbrain.shape, k, 1)
-        return brain[z:z + k, y:y + k, x:x + k], nonbrain[z:z + k, y:y + k, x:x + k]
+            brain = torch.full_like(brain, self.pairs.codebook_size)  # the prior's "no condition" index
+            cond = torch.zeros_like(cond)
+        return noisy[0], brain, torch.tensor(t, dtype=torch.float32), target, replaced[0], cond, torch.from_numpy(origin)
 
     def batch(self, indices: List[int], device):
         c = self.cfg
@@ -155,40 +206,52 @@ class PriorTask:
         for i in indices:
             rng = D.sample_rng(i, c.seed)
             pair = self.pairs.train(D.subject_for_sample(i, self.pairs.n_train, c.seed, c.samples_per_subject))
-            items.append(self._noised(self.crop_pair(pair, rng), rng))
+            items.append(self._noised(self.crop_pair(pair, rng, self.full_grid(i)), rng))
         return tuple(torch.stack(parts).to(device) for parts in zip(*items))
 
-    def loss(self, model, batch):
-        from cpmae.noising import prior_loss
+    def _forward(self, model, noisy, brain, t, cond, origin):
+        if self.arch >= 2:
+            return model(noisy, brain, t, cond=cond, origin=origin)
+        return model(noisy, brain, t)
 
-        noisy, brain, t, target, replaced = batch
-        logits = model(noisy, brain, t)
+    def loss(self, model, batch):
+        noisy, brain, t, target, replaced, cond, origin = batch
+        logits = self._forward(model, noisy, brain, t, cond, origin)
+        bare = model.module if hasattr(model, "module") else model
+        bare = getattr(bare, "_orig_mod", bare)
         # mean of per-sample losses: DDP shards then average to exactly the global-batch loss
-        per_sample = [prior_loss(logits[k:k + 1], target[k:k + 1], replaced[k:k + 1], self.cfg.clean_weight)
+        per_sample = [bare.loss(logits[k:k + 1], target[k:k + 1], replaced[k:k + 1], self.cfg.clean_weight)
                       for k in range(len(t))]
         return torch.stack(per_sample).mean(), {}
 
     @torch.no_grad()
     def validate(self, model, device) -> Dict[str, float]:
+        """Held-out NLL (nats per token) and accuracy on replaced tokens, with and without the
+        brain condition, and on replaced tissue (non-air) tokens, where the face is."""
         if self.pairs.n_val == 0:
             return {}
-        import torch.nn.functional as F
-
         out: Dict[str, float] = {}
-        for cond in (True, False):
-            nll, correct, count = 0.0, 0, 0
+        for cond_on in (True, False):
+            nll, correct, count, nll_tissue, count_tissue = 0.0, 0, 0, 0.0, 0
             for j in range(self.pairs.n_val):
                 rng = D.sample_rng(j, self.cfg.seed, VAL_SALT)
+                pair = self.pairs.val(j)
+                tissue = torch.from_numpy(~np.isin(pair[1], self.air_codes(pair[1])))
                 for t in VAL_NOISE_LEVELS:
-                    noisy, brain, tt, target, replaced = self._noised(self.pairs.val(j), rng, t, drop=not cond)
-                    logits = model(noisy[None].to(device), brain[None].to(device), tt[None].to(device)).float().cpu()
-                    ce = F.cross_entropy(logits, target[None], reduction="none")[0]
-                    nll += float(ce[replaced].sum())
-                    correct += int((logits.argmax(1)[0] == target)[replaced].sum())
-                    count += int(replaced.sum())
-            key = "" if cond else "_uncond"
+                    item = self._noised(self.crop_pair(pair, rng, full=True), rng, t, drop=not cond_on)
+                    noisy, brain, tt, target, replaced, cond, origin = (v[None].to(device) for v in item)
+                    logits = self._forward(model, noisy, brain, tt, cond, origin).float()
+                    ce = model.token_nll(logits, target)[0].cpu()
+                    rep = replaced[0].cpu()
+                    nll += float(ce[rep].sum())
+                    correct += int((model.argmax(logits)[0].cpu() == target[0].cpu())[rep].sum())
+                    count += int(rep.sum())
+                    nll_tissue += float(ce[rep & tissue].sum())
+                    count_tissue += int((rep & tissue).sum())
+            key = "" if cond_on else "_uncond"
             out[f"val_nll{key}"] = nll / max(count, 1)
             out[f"val_token_acc{key}"] = correct / max(count, 1)
+            out[f"val_nll_tissue{key}"] = nll_tissue / max(count_tissue, 1)
         return out
 
     @torch.no_grad()
@@ -205,8 +268,11 @@ class PriorTask:
 
         brain_tok, nonbrain_tok, subjects = self.tokenizers
         vol = subjects.val(0)
-        brain_tokens = torch.from_numpy(self.pairs.val(0)[0])[None].to(device)
-        tokens = sample_nonbrain_tokens(model, brain_tokens, steps=self.cfg.val_render_steps, seed=self.cfg.seed)
+        brain, _, cond = self.pairs.val(0)
+        brain_tokens = torch.from_numpy(brain)[None].to(device)
+        cond_t = torch.from_numpy(cond)[None].to(device) if self.arch >= 2 and cond is not None else None
+        tokens = sample_nonbrain_tokens(model, brain_tokens, steps=self.cfg.val_render_steps, seed=self.cfg.seed,
+                                        cond=cond_t)
         decoded = nonbrain_tok.decode(tokens.to(device))[0, 0].float().cpu().numpy()
         b = vol.brain.astype(np.float32)
         remodeled = np.clip(b * vol.image + (1.0 - b) * decoded, 0, None)

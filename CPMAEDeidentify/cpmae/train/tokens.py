@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -16,7 +16,9 @@ import torch
 from cpmae.errors import InputError
 from cpmae.train.data import SubjectSource, Volume
 
-Pair = Tuple[np.ndarray, np.ndarray]  # (brain tokens, nonbrain tokens), int64 [T,T,T]
+# (brain tokens, nonbrain tokens) int64 [T,T,T], and the condition maps float32 [C,T,T,T]
+# (``cpmae.conditions``; None in token folders written before they existed: architecture 1 only)
+Pair = Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]
 
 
 @torch.no_grad()
@@ -30,10 +32,13 @@ class PairSource:
     """Training and held-out token pairs, computed once and cached."""
 
     def __init__(self, load: Callable[[int], Pair], n_train: int, n_val: int, description: str,
-                 token_size: int, codebook_size: int):
+                 token_size: int, codebook_size: int, levels: Optional[Tuple[int, ...]] = None, arch: int = 1,
+                 cohort_seeds: Optional[List[int]] = None):
         self._load, self.n_train, self.n_val = load, n_train, n_val
         self._cache: Dict[int, Pair] = {}
         self.description, self.token_size, self.codebook_size = description, token_size, codebook_size
+        self.levels, self.arch = (tuple(levels) if levels else None), int(arch)
+        self.cohort_seeds = list(cohort_seeds or [])
 
     def _get(self, index: int) -> Pair:
         if index not in self._cache:
@@ -47,17 +52,28 @@ class PairSource:
         return self._get(self.n_train + j)
 
 
+def encode_pair(brain_tok: torch.nn.Module, nonbrain_tok: torch.nn.Module, vol: Volume, device: str = "cpu") -> Pair:
+    """One subject's training pair for the prior."""
+    from cpmae.conditions import brain_maps
+
+    return (encode_part(brain_tok, vol, "brain", device), encode_part(nonbrain_tok, vol, "nonbrain", device),
+            brain_maps(vol.brain, nonbrain_tok.cfg.factor))
+
+
 def encoded_pairs(subjects: SubjectSource, brain_tok: torch.nn.Module, nonbrain_tok: torch.nn.Module,
-                  device: str = "cpu") -> PairSource:
+                  device: str = "cpu", cohort_seeds: Optional[List[int]] = None) -> PairSource:
     if brain_tok.codebook_size != nonbrain_tok.codebook_size:
         raise InputError("the brain and non-brain tokenizers have different codebook sizes")
+    if brain_tok.cfg.arch != nonbrain_tok.cfg.arch:
+        raise InputError(f"the brain tokenizer is architecture {brain_tok.cfg.arch}, "
+                         f"the non-brain one {nonbrain_tok.cfg.arch}")
 
     def load(index: int) -> Pair:
-        vol = subjects._get(index)
-        return encode_part(brain_tok, vol, "brain", device), encode_part(nonbrain_tok, vol, "nonbrain", device)
+        return encode_pair(brain_tok, nonbrain_tok, subjects._get(index), device)
 
     return PairSource(load, subjects.n_train, subjects.n_val, subjects.description + ", encoded on the fly",
-                      brain_tok.cfg.token_size, brain_tok.codebook_size)
+                      brain_tok.cfg.token_size, brain_tok.codebook_size, brain_tok.cfg.levels, brain_tok.cfg.arch,
+                      cohort_seeds)
 
 
 def read_token_manifest(folder: Path) -> dict:
@@ -85,10 +101,12 @@ def folder_pairs(folder: Path, resolution: int, n_train: int, n_val: int) -> Pai
 
     def load(index: int) -> Pair:
         with np.load(folder / ordered[index]["file"], allow_pickle=False) as z:
-            return z["brain"].astype(np.int64), z["nonbrain"].astype(np.int64)
+            cond = z["occupancy"].astype(np.float32)[None] if "occupancy" in z.files else None
+            return z["brain"].astype(np.int64), z["nonbrain"].astype(np.int64), cond
 
     desc = f"token dataset {folder.name} ({manifest.get('data', 'unknown data')}): {len(train)} train, {len(val)} held out"
-    return PairSource(load, len(train), len(val), desc, int(manifest["token_size"]), int(manifest["codebook_size"]))
+    return PairSource(load, len(train), len(val), desc, int(manifest["token_size"]), int(manifest["codebook_size"]),
+                      manifest.get("levels"), int(manifest.get("arch", 1)), manifest.get("cohort_seeds"))
 
 
 def is_token_folder(path: str) -> bool:

@@ -1,0 +1,254 @@
+"""Architecture 2 (local tokenizer, clean air, digit-wise prior) and the training fixes around it.
+
+Cheap checks with tiny random-init networks: what must hold for any weights of this architecture.
+"""
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from cpmae.models import DigitPrior, TokenPrior, Tokenizer, build
+from cpmae.models.build import ARCH2, complete
+from cpmae.models.digit_prior import from_digits, to_digits
+from cpmae.models.fsq import FSQ
+from cpmae.models.tokenizer import AIR
+from cpmae.train.checkpoint import latest_checkpoint
+from cpmae.train.config import TrainConfig
+from cpmae.train.logs import read_metrics
+from cpmae.train.loop import bf16_supported, train, use_bf16
+from cpmae.train.tasks import PriorTask
+from phantoms import phantom_arrays, phantom_image
+from test_train import TINY_TOKENIZER, write_prepared
+
+PKG = Path(__file__).resolve().parents[1] / "CPMAEDeidentify" / "cpmae"
+TINY2_TOK = dict(TINY_TOKENIZER, arch=2)
+TINY2_PRIOR = {"arch": 2, "channels": [8, 16], "blocks": 1, "embed_dim": 2, "head_channels": 4}
+LEVELS = (8, 8, 8, 5, 5)
+
+
+def tiny_tokenizer(in_size: int, token_size: int, arch: int = 2) -> Tokenizer:
+    torch.manual_seed(0)
+    cfg = dict(in_size=in_size, token_size=token_size, channels=(4, 8), blocks=(1, 1), arch=arch)
+    return build("tokenizer", cfg).eval()
+
+
+def head_volume(size: int) -> torch.Tensor:
+    img, brain = phantom_arrays(size)
+    img = img / np.percentile(img[img > 0], 99.5)
+    return torch.from_numpy((img * (1 - brain)).astype(np.float32))[None, None]
+
+
+def test_tokens_of_a_crop_equal_whole_volume_tokens_away_from_the_edge():
+    """Local norms only: a crop and the whole head give the same latents (hence tokens) beyond the
+    receptive field of the crop's edge. Architecture 1 (whole-volume GroupNorm) does not."""
+    x = head_volume(96)  # 24³ tokens, 4 voxels per token
+    crop = x[:, :, 32:96, 32:96, 32:96]  # tokens 8..23 of the whole volume; its edge is at token 8
+    margin = 6  # tokens from the crop's inner edge (receptive field of the encoder)
+    for arch, equal in ((2, True), (1, False)):
+        tok = tiny_tokenizer(96, 24, arch)
+        with torch.no_grad():
+            whole = tok.encode_latent(x)[:, :, 8 + margin:, 8 + margin:, 8 + margin:]
+            part = tok.encode_latent(crop)[:, :, margin:, margin:, margin:]
+        assert torch.allclose(whole, part, atol=1e-5) is equal, f"arch {arch}"
+    tok = tiny_tokenizer(96, 24, 2)
+    assert torch.equal(tok.encode(x)[:, 8 + margin:, 8 + margin:, 8 + margin:],
+                       tok.encode(crop)[:, margin:, margin:, margin:])
+
+
+def test_clean_air_is_one_code_and_decodes_to_zero():
+    tok = tiny_tokenizer(32, 8)
+    x = head_volume(32)
+    tokens = tok.encode(x)
+    cells = torch.nn.functional.max_pool3d(x, 4, 4)[:, 0] < tok.cfg.air_level
+    assert cells.any() and (~cells).any()
+    assert torch.equal(tokens == AIR, cells | (tokens == AIR))  # every air cell has the air code
+    assert (tokens[cells] == AIR).all()
+    out = tok.decode(torch.full((1, 8, 8, 8), AIR, dtype=torch.long))
+    assert torch.count_nonzero(out) == 0
+    recon, idx, _ = tok(x)
+    air_voxels = cells.repeat_interleave(4, 1).repeat_interleave(4, 2).repeat_interleave(4, 3)[:, None]
+    assert torch.count_nonzero(recon[air_voxels]) == 0
+
+
+def test_fsq_digits_round_trip_and_match_the_quantizer():
+    fsq = FSQ(LEVELS)
+    assert fsq.codebook_size == 12800
+    idx = torch.randint(0, 12800, (2, 4, 4, 4))
+    digits = to_digits(idx, LEVELS)
+    assert digits.shape == (2, 5, 4, 4, 4)
+    assert torch.equal(from_digits(digits, LEVELS), idx)
+    half = torch.tensor([4, 4, 4, 2, 2]).view(1, 5, 1, 1, 1)
+    assert torch.allclose(fsq.indices_to_codes(idx), (digits.float() - half) / half)
+    assert AIR == 0 and (to_digits(torch.tensor([[AIR]]), LEVELS) == 0).all()
+
+
+def test_digit_prior_cost_stays_flat_and_draws_by_seed():
+    prior = build("prior", dict(TINY2_PRIOR, codebook_size=12800, token_size=8, levels=LEVELS)).eval()
+    assert isinstance(prior, DigitPrior)
+    noisy = torch.randint(0, 12800, (1, 8, 8, 8))
+    brain = prior.null_brain(noisy)
+    cond = torch.rand(1, 1, 8, 8, 8)
+    logits = prior(noisy, brain, torch.tensor([0.5]), cond=cond, origin=torch.tensor([[4, 0, 0]]))
+    assert logits.shape == (1, sum(LEVELS), 8, 8, 8)  # 34 logits per token, not 12,800
+    # the output layer of a one-softmax prior would hold 12,800 × head_channels weights
+    assert prior.out[-1].weight.numel() == sum(LEVELS) * 4
+    a = prior.draw(logits, torch.Generator().manual_seed(3))
+    b = prior.draw(logits, torch.Generator().manual_seed(3))
+    c = prior.draw(logits, torch.Generator().manual_seed(4))
+    assert torch.equal(a, b) and not torch.equal(a, c) and int(a.max()) < 12800
+    # position matters: the same window at another place of the grid gives other logits
+    other = prior(noisy, brain, torch.tensor([0.5]), cond=cond, origin=torch.tensor([[0, 0, 0]]))
+    assert not torch.allclose(logits, other)
+    target = torch.randint(0, 12800, (1, 8, 8, 8))
+    loss = prior.loss(logits, target, torch.ones_like(target, dtype=torch.bool))
+    assert torch.isfinite(loss) and float(loss.detach()) > 0
+
+
+def test_build_has_no_circle_and_keeps_architecture_1():
+    """checkpoint.py and weights.py build networks through cpmae.models.build only."""
+    for rel in ("train/checkpoint.py", "weights.py"):
+        tree = ast.parse((PKG / rel).read_text(encoding="utf-8"))
+        mods = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert "cpmae.train.tasks" not in mods, rel
+        assert "cpmae.models.build" in mods, rel
+    old = {"codebook_size": 512, "token_size": 32, "embed_dim": 4, "channels": [8, 8], "blocks": 1,
+           "cond_dropout": 0.1, "head_channels": 4, "attention": False}  # a 2026-11 manifest: no "arch"
+    assert isinstance(build("prior", old), TokenPrior)
+    assert build("tokenizer", {"in_size": 128, "token_size": 32}).cfg.arch == 1
+    assert complete("tokenizer", {"arch": 2, "in_size": 128})["levels"] == ARCH2["tokenizer"]["levels"]
+    with pytest.raises(ValueError):
+        build("decoder", {})
+
+
+def test_bf16_gate_follows_the_cpu():
+    cpu = torch.device("cpu")
+    assert not bf16_supported(cpu, flags={"avx2", "avx512f"})
+    assert bf16_supported(cpu, flags={"avx512f", "avx512_bf16"})
+    assert bf16_supported(cpu, flags={"amx_bf16"})
+    assert not use_bf16(TrainConfig(precision="fp32"), cpu)
+    assert use_bf16(TrainConfig(precision="bf16"), cpu)
+    assert use_bf16(TrainConfig(precision="auto"), cpu) == bf16_supported(cpu)
+
+
+def _arch1_pair(air_codes=(3, 7, 9)):
+    """A 16³ token pair whose air is three different codes (as in the 2026-11 tokenizer)."""
+    rng = np.random.default_rng(0)
+    nb = np.array(air_codes)[rng.integers(0, len(air_codes), (16, 16, 16))]
+    brain = np.full((16, 16, 16), 5)
+    brain[6:12, 8:14, 5:11] = 100  # the brain, towards high y
+    nb[4:12, 2:8, 4:12] = rng.integers(200, 300, (8, 6, 8))  # face tissue at low y
+    return brain, nb, None
+
+
+def test_face_crops_exclude_every_air_code():
+    cfg = TrainConfig(task="prior", token_crop=4, face_bias=1.0)
+
+    class Pairs:
+        arch, levels, codebook_size, token_size, description, cohort_seeds = 1, None, 512, 16, "", []
+
+    task = PriorTask(cfg, pairs=Pairs())
+    pair = _arch1_pair()
+    assert set(task.air_codes(pair[1])) >= {3, 7, 9}
+    cells = task.face_cells(pair)
+    assert len(cells) and all(pair[1][tuple(c)] >= 200 for c in cells)
+    brain_y = np.nonzero((pair[0] == 100).any(axis=(0, 2)))[0].mean()
+    assert cells[:, 1].max() < brain_y
+
+
+def write_tokens2(folder: Path, n: int = 4, token_size: int = 8, seeds=(7,)) -> Path:
+    """Architecture-2 token pairs with occupancy maps, as `cpmae encode` writes them."""
+    (folder / "tokens").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    cases = []
+    for i in range(n):
+        brain = rng.integers(0, 12800, (token_size,) * 3).astype(np.int16)
+        nonbrain = ((brain.astype(np.int64) * 7 + i) % 12800).astype(np.int16)
+        occ = (rng.random((token_size,) * 3) > 0.5).astype(np.float16)
+        np.savez(folder / "tokens" / f"s{i}.npz", brain=brain, nonbrain=nonbrain, occupancy=occ)
+        cases.append({"id": f"s{i}", "file": f"tokens/s{i}.npz"})
+    (folder / "manifest.json").write_text(json.dumps({
+        "kind": "cpmae-tokens", "resolution": 128, "token_size": token_size, "codebook_size": 12800,
+        "levels": list(LEVELS), "arch": 2, "cohort_seeds": list(seeds), "data": "test", "cases": cases}))
+    return folder
+
+
+def prior2_config(data: Path, **kw) -> TrainConfig:
+    base = dict(task="prior", resolution=128, data=str(data), steps=4, batch_size=4, lr=1e-3, warmup_steps=1,
+                cohort_size=3, val_subjects=1, val_every=0, checkpoint_every=2, token_crop=4,
+                model=dict(TINY2_PRIOR), threads=1)
+    base.update(kw)
+    return TrainConfig.from_dict(base)
+
+
+def test_gradient_accumulation_matches_the_full_batch(tmp_path):
+    tokens = write_tokens2(tmp_path / "tok")
+    train(prior2_config(tokens), tmp_path / "full")
+    train(prior2_config(tokens, micro_batch=2), tmp_path / "accum")
+    from safetensors.torch import load_file
+
+    a = load_file(str(latest_checkpoint(tmp_path / "full") / "model.safetensors"))
+    b = load_file(str(latest_checkpoint(tmp_path / "accum") / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    log = read_metrics(tmp_path / "full" / "metrics.jsonl")
+    assert any("val_nll" in r for r in log) is False  # val_every 0
+
+
+def test_budget_schedule_counts_time_before_a_resume(tmp_path):
+    """The lr after --resume continues the decay over the run's whole budget instead of
+    restarting at the peak (the 2026-11 loop restarted the cosine at every resume)."""
+    tokens = write_tokens2(tmp_path / "tok")
+    cfg = prior2_config(tokens, steps=1000, warmup_steps=1, budget_schedule=True, max_minutes=10.0,
+                        checkpoint_every=2, schedule="cosine", min_lr_ratio=0.1)
+    run = tmp_path / "run"
+    train(cfg, run, stop_at=2)
+    ckpt = latest_checkpoint(run)
+    state = json.loads((ckpt / "state.json").read_text())
+    state["elapsed_s"] = 0.95 * 600  # as if 95 % of the budget had been spent before the kill
+    (ckpt / "state.json").write_text(json.dumps(state))
+    train(cfg, run, resume=True, stop_at=3)
+    lrs = {r["step"]: r["lr"] for r in read_metrics(run / "metrics.jsonl") if "lr" in r}
+    assert lrs[2] > 0.9e-3  # before the kill: early in the budget, near the peak
+    assert lrs[3] < 0.15e-3  # after the resume: near the floor (1e-4), not back at the peak
+
+
+def test_prior2_trains_validates_and_exports_seeds(tmp_path):
+    """Tokenizers and prior of architecture 2 export to a bundle whose manifest names the cohort
+    seeds, runs without the hull envelope, and keeps the brain bit-identical."""
+    from cpmae.commands.export import export
+    from cpmae.pipeline import deidentify
+    from cpmae.weights import load_bundle
+
+    prepared = write_prepared(tmp_path / "prepared", size=128)
+    runs = {}
+    for part in ("brain", "nonbrain"):
+        cfg = TrainConfig.from_dict(dict(task="tokenizer", part=part, resolution=128, data=str(prepared), crop=32,
+                                         steps=2, batch_size=1, warmup_steps=1, cohort_size=3, val_subjects=1,
+                                         val_every=2, checkpoint_every=2, model=dict(TINY2_TOK), threads=1))
+        train(cfg, tmp_path / part)
+        runs[part] = tmp_path / part
+    tokens = write_tokens2(tmp_path / "tok", token_size=32, seeds=(7, 11))
+    summary = train(prior2_config(tokens, steps=2, val_every=2, full_grid_fraction=0.5), tmp_path / "prior")
+    assert np.isfinite(summary["val_nll"]) and "val_nll_tissue" in summary
+    out = export([runs["brain"], runs["nonbrain"], tmp_path / "prior"], tmp_path / "bundle")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["architecture"] == 2
+    assert manifest["data"]["cohort_seeds"] == [7, 11]
+    assert all(isinstance(s, int) for s in manifest["data"]["cohort_seeds"])
+    for key in ("source_heads", "steps", "hardware", "wall_time_s", "held_out_metrics"):
+        assert key in manifest["data"]
+    assert "code_brightness" not in manifest["components"]["nonbrain_tokenizer"]
+    bundle = load_bundle(out, 128)
+    assert isinstance(bundle.prior, DigitPrior) and bundle.architecture == 2
+    img, mask = phantom_image()
+    res = deidentify(img, mask, bundle=bundle, steps=2, seed=0, mask_limits={"min_cm3": 1})
+    assert res.info["envelope"] is False and res.info["architecture"] == 2
+    x, y = sitk.GetArrayFromImage(img), sitk.GetArrayFromImage(res.image)
+    b = sitk.GetArrayFromImage(mask) > 0
+    assert x[b].tobytes() == y[b].tobytes()
