@@ -45,23 +45,17 @@ def nibabel_array_to_sitk_order(arr_ijk: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(arr_ijk).transpose(2, 1, 0))
 
 
-def _torch_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {device} was asked for but no CUDA GPU is available")
-    return device
-
-
 @functools.lru_cache(maxsize=2)
 def _deepbet(device: str):
-    """deepbet's BrainExtraction, loaded once per device (loading costs ~0.5 s)."""
+    """deepbet's BrainExtraction, loaded once per device (loading costs ~0.5 s).
+
+    Loaded on the CPU and then moved: deepbet's own GPU choice is always GPU 0, ours is ``device``
+    (deepbet sends its inputs to wherever its weights are).
+    """
+    import torch
     from deepbet import BrainExtraction
 
-    bet = BrainExtraction(no_gpu=(device == "cpu"))
-    import torch
+    bet = BrainExtraction(no_gpu=True)
 
     for net in (bet.model, bet.bbox_model):
         net.to(torch.device(device))
@@ -71,13 +65,15 @@ def _deepbet(device: str):
 NO_BRAIN = "no brain found by deepbet: is this a T1- or T2-weighted head MRI?"
 
 
-def compute_brain_mask(img: sitk.Image, device: str = "cpu", path: Optional[Union[str, Path]] = None) -> sitk.Image:
+def compute_brain_mask(img: sitk.Image, device="cpu", path: Optional[Union[str, Path]] = None) -> sitk.Image:
     """deepbet's brain mask of ``img``: uint8 (0/1) with ``img``'s exact geometry.
 
+    ``device``: a ``--device`` text or the ``torch.device`` the caller resolved (``cpmae.device``).
     ``path`` only names the scan in the error raised when no brain is found.
     """
-    device = _torch_device(device)
-    bet = _deepbet(device)
+    from cpmae.device import resolve_device
+
+    bet = _deepbet(str(resolve_device(device)))
     nifti = sitk_to_nibabel(img)
     try:
         _, mask_nifti, _ = bet.run(nifti)

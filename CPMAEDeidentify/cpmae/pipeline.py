@@ -24,6 +24,7 @@ import torch
 
 from cpmae import __version__
 from cpmae.blend import blend
+from cpmae.device import resolve_device as pick_device  # the name batch and the audit call
 from cpmae.progress import Reporter
 
 
@@ -33,16 +34,6 @@ class DeidResult:
     mask: sitk.Image  # the brain mask used (uint8, input grid)
     timings: dict = field(default_factory=dict)  # stage -> seconds
     info: dict = field(default_factory=dict)  # provenance: weights sha256, seed, steps, changed voxels…
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        from cpmae.errors import InputError
-
-        raise InputError("--device cuda was requested but no CUDA GPU is available (use --device cpu)")
-    return torch.device(device)
 
 
 def deidentify(image: sitk.Image, mask: Optional[sitk.Image] = None, weights=None, resolution: int = 256,
@@ -74,7 +65,7 @@ def deidentify(image: sitk.Image, mask: Optional[sitk.Image] = None, weights=Non
     temperature = float(bundle.manifest.get("sampler", {}).get("temperature", 1.0))
     if mask is None:
         with reporter.stage("brain mask"):
-            mask = compute_brain_mask(image, device="cuda" if dev.type == "cuda" else "cpu", path=source)
+            mask = compute_brain_mask(image, device=dev, path=source)
     volume_cm3 = validate_mask(mask, path=source, **(mask_limits or {}))
 
     with reporter.stage("to model grid"):
@@ -129,7 +120,7 @@ def deidentify(image: sitk.Image, mask: Optional[sitk.Image] = None, weights=Non
         "resolution": resolution,
         "steps": steps,
         "seed": int(seed),
-        "device": dev.type,
+        "device": str(dev),
         "envelope": bool(envelope),
         "architecture": bundle.architecture,
         "temperature": temperature,

@@ -1,6 +1,8 @@
 """``cpmae audit COHORT_DIR --out REPORT_DIR``: privacy and utility of every method, in one report."""
 from __future__ import annotations
 
+from cpmae.device import DEVICE_HELP
+
 
 def register(sub) -> None:
     from cpmae.audit.methods import DEFAULT_METHODS
@@ -20,7 +22,7 @@ def register(sub) -> None:
                    help="CPMAE model grid and the grid of generated training subjects (default 128)")
     p.add_argument("--steps", type=int, default=None, help="CPMAE sampling steps (default: the bundle's)")
     p.add_argument("--seed", type=int, default=0, help="seed of CPMAE, the attacker and the bootstrap")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
+    p.add_argument("--device", default="cpu", help="default cpu; " + DEVICE_HELP)
     p.add_argument("--render-size", type=int, default=160, help="face picture size in pixels (default 160)")
     p.add_argument("--train-subjects", type=int, default=24, help="attacker training subjects (default 24)")
     p.add_argument("--train-steps", type=int, default=300, help="attacker training steps (default 300)")

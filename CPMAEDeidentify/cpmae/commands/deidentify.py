@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cpmae.device import DEVICE_HELP
+
 
 def add_model_arguments(p) -> None:
     """Options shared by every command that runs the model (deidentify, demo, batch)."""
@@ -12,7 +14,7 @@ def add_model_arguments(p) -> None:
                    help="model grid: 256 (256³ at 1 mm, default) or 128 (128³ at 2 mm, faster)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the bundle's, 8)")
     p.add_argument("--seed", type=int, default=0, help="random seed: same seed -> same face (default 0)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--no-envelope", dest="envelope", action="store_false",
                    help="do not limit the generated head to the input head's convex hull")
     p.add_argument("--progress", choices=("auto", "bar", "json", "none"), default="auto",

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import sys
 
+from cpmae.device import DEVICE_HELP
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -23,7 +25,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="base seed; per-subject seeds are derived from it "
                    "unless --pseudonym-key is given")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--shard", default=None, metavar="i/n",
                    help="process only shard i of n (0 <= i < n), e.g. $SLURM_ARRAY_TASK_ID/8")
     p.add_argument("--overwrite", action="store_true",

@@ -12,6 +12,8 @@ import json
 import os
 from pathlib import Path
 
+from cpmae.device import DEVICE_HELP
+
 
 def register(sub) -> None:
     p = sub.add_parser("encode", help="encode a dataset with the two tokenizers into token pairs for the prior")
@@ -24,7 +26,7 @@ def register(sub) -> None:
     p.add_argument("--count", type=int, default=64, help="subjects to encode (cohort: indices 0..N-1; "
                    "prepared: at most N cases)")
     p.add_argument("--cohort-seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help=DEVICE_HELP)
     p.add_argument("--progress", choices=("auto", "bar", "json", "none"), default="auto")
     p.set_defaults(func=run)
 

@@ -1,6 +1,8 @@
 """``cpmae mask IN OUT``: the brain mask the de-identification would keep, for checking by eye."""
 from __future__ import annotations
 
+from cpmae.device import DEVICE_HELP
+
 
 def register(sub) -> None:
     p = sub.add_parser("mask", help="compute, check and write the deepbet brain mask of a head MRI",
@@ -8,7 +10,7 @@ def register(sub) -> None:
                        "800-2200 cm³, touching the border) and write it as uint8 NIfTI/NRRD.")
     p.add_argument("input", metavar="IN", help="head MRI: .nii/.nii.gz/.nrrd/.nhdr/.mha/.mhd or a DICOM folder")
     p.add_argument("output", metavar="OUT", help="mask to write: .nii.gz, .nii or .nrrd")
-    p.add_argument("--device", default="cpu", help="torch device for deepbet: cpu (default), cuda, auto")
+    p.add_argument("--device", default="cpu", help="device for deepbet (default cpu): " + DEVICE_HELP)
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=run)
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cpmae.device import DEVICE_HELP
+
 
 def register(sub) -> None:
     p = sub.add_parser("prepare", help="preprocess a folder of scans / a BIDS dataset for training (cached)")
@@ -12,7 +14,7 @@ def register(sub) -> None:
                    help="model grid(s) to prepare")
     p.add_argument("--masks", type=Path, help="folder of brain masks named like the scans; without one, "
                    "<scan>_mask.* next to a scan is used, else deepbet (cached)")
-    p.add_argument("--device", default="cpu", help="device for deepbet (cpu | cuda)")
+    p.add_argument("--device", default="cpu", help="device for deepbet (default cpu): " + DEVICE_HELP)
     p.add_argument("--limit", type=int, default=0, help="only the first N scans (0 = all)")
     p.add_argument("--progress", choices=("auto", "bar", "json", "none"), default="auto")
     p.set_defaults(func=run)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from cpmae.device import DEVICE_HELP
+
 # Flags that may change when a run is resumed (they do not alter what the model sees).
 RUN_CONTROL = ("steps", "max_minutes", "device", "log_every", "val_every", "checkpoint_every",
                "keep_checkpoints", "threads")
@@ -33,7 +35,7 @@ FLAGS = [  # (flag, config key, type, help)
     ("--val-every", "val_every", int, "validate every N steps (0 = never)"),
     ("--checkpoint-every", "checkpoint_every", int, "checkpoint every N steps"),
     ("--log-every", "log_every", int, "write metrics every N steps"),
-    ("--device", "device", str, "auto | cpu | cuda"),
+    ("--device", "device", str, DEVICE_HELP),
     ("--precision", "precision", str, "fp32 | bf16 (autocast) | auto (bf16 where the GPU or CPU has it: "
      "AVX512-BF16/AMX)"),
     ("--threads", "threads", int, "torch CPU threads (0 = default)"),

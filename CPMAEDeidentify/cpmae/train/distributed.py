@@ -34,15 +34,11 @@ def from_env() -> DistInfo:
 
 
 def pick_device(requested: str, info: DistInfo) -> torch.device:
-    """``auto`` = CUDA when present; under DDP each process takes the GPU of its LOCAL_RANK."""
-    if requested == "auto":
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(requested)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            from cpmae.errors import InputError
+    """``cpmae.device.resolve_device``; under DDP each process takes the GPU of its LOCAL_RANK."""
+    from cpmae.device import resolve_device
 
-            raise InputError("--device cuda was requested but no CUDA GPU is available")
+    dev = resolve_device(requested)
+    if dev.type == "cuda":
         if info.enabled:
             dev = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(dev)
