@@ -1,7 +1,8 @@
 """The ``cpmae`` command.
 
 Each sub-command lives in its own module under ``cpmae.commands`` and exposes
-``register(subparsers)``; this file only assembles them and turns ``CPMAEError`` into one
+``register(subparsers)``; this file only assembles them (every one of them: a module that does
+not import is an error, never a command quietly missing from ``--help``) and turns ``CPMAEError`` into one
 line on stderr plus a documented exit code (see ``cpmae.errors``), never a traceback.
 """
 from __future__ import annotations
@@ -39,14 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"cpmae {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
-        try:
-            mod = importlib.import_module(f"cpmae.commands.{name}")
-        except ModuleNotFoundError as exc:  # a command not written yet in this checkout
-            if exc.name == f"cpmae.commands.{name}":
-                continue
-            raise
-        mod.register(sub)
+    for name in COMMANDS:  # a command that fails to import is a broken engine: let it raise
+        importlib.import_module(f"cpmae.commands.{name}").register(sub)
     return parser
 
 

@@ -47,11 +47,20 @@ def head():
 
 @pytest.fixture(scope="session")
 def engine_commands():
-    """Sub-commands the engine's CLI offers in this checkout (tests of missing ones skip)."""
+    """``cpmae --help`` as the panel runs it; a broken engine (or a command missing) fails here.
+
+    The tests that use it would otherwise exercise nothing, and a skipped test hides a broken engine.
+    """
+    import re
     import subprocess
 
+    from cpmae.cli import COMMANDS
     from CPMAEDeidentifyLib import jobs
 
     out = subprocess.run(jobs.engineCommand("--help"), capture_output=True, text=True, env=jobs.engineEnvironment(),
                          timeout=120)
+    assert out.returncode == 0, f"the engine does not start: {out.stderr.strip()[-2000:]}"
+    listed = set(re.findall(r"^ {2,}([a-z][a-z-]+)\b", out.stdout, flags=re.M))
+    missing = [c for c in COMMANDS if c.replace("_", "-") not in listed]
+    assert not missing, f"the engine's --help lacks {missing}"
     return out.stdout
