@@ -51,7 +51,15 @@ class ModelGrid:
         return self.size * self.spacing
 
 
-GRIDS: Dict[int, ModelGrid] = {128: ModelGrid(128, 2.0), 256: ModelGrid(256, 1.0)}
+GRIDS: Dict[int, ModelGrid] = {128: ModelGrid(128, 2.0), 256: ModelGrid(256, 1.0)}  # every grid, by side
+DEFAULT_RESOLUTION = 256  # the 1 mm grid: the face at a scanner's usual resolution
+
+
+def describe_grids(default: Optional[int] = None) -> str:
+    """``128 (128³ at 2 mm) or 256 (256³ at 1 mm, default)``: the grids for a --help text."""
+    parts = [f"{g.size} ({g.size}³ at {g.spacing:g} mm{', default' if g.size == default else ''})"
+             for g in GRIDS.values()]
+    return ", ".join(parts[:-1]) + " or " + parts[-1]
 
 
 def _interpolator(interp: str) -> int:

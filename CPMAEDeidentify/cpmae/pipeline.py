@@ -25,6 +25,7 @@ import torch
 from cpmae import __version__
 from cpmae.blend import blend
 from cpmae.device import resolve_device as pick_device  # the name batch and the audit call
+from cpmae.geometry import DEFAULT_RESOLUTION
 from cpmae.progress import Reporter
 
 
@@ -36,7 +37,7 @@ class DeidResult:
     info: dict = field(default_factory=dict)  # provenance: weights sha256, seed, steps, changed voxels…
 
 
-def deidentify(image: sitk.Image, mask: Optional[sitk.Image] = None, weights=None, resolution: int = 256,
+def deidentify(image: sitk.Image, mask: Optional[sitk.Image] = None, weights=None, resolution: int = DEFAULT_RESOLUTION,
                steps: Optional[int] = None, seed: int = 0, device: str = "auto", envelope: bool = True,
                reporter: Optional[Reporter] = None, bundle=None, mask_limits: Optional[dict] = None,
                source: Optional[Union[str, Path]] = None) -> DeidResult:
@@ -131,7 +132,7 @@ def deidentify(image: sitk.Image, mask: Optional[sitk.Image] = None, weights=Non
     return DeidResult(out, mask, timings, info)
 
 
-def deidentify_file(in_path, out_path, *, mask_path=None, mask_out=None, weights=None, resolution: int = 256,
+def deidentify_file(in_path, out_path, *, mask_path=None, mask_out=None, weights=None, resolution: int = DEFAULT_RESOLUTION,
                     steps: Optional[int] = None, seed: int = 0, device: str = "auto", overwrite: bool = False,
                     reporter: Optional[Reporter] = None, bundle=None, envelope: bool = True,
                     provenance: bool = True, self_check: bool = True, on_flag: str = "mark",

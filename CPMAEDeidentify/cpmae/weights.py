@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from cpmae import __version__
 from cpmae.errors import WeightsError
+from cpmae.geometry import DEFAULT_RESOLUTION, GRIDS
 from cpmae.hashing import sha256_file
 from cpmae.models import Tokenizer
 from cpmae.models.build import build, component_kind
@@ -29,7 +30,7 @@ from cpmae.models.build import build, component_kind
 FORMAT = "cpmae-weights/1"
 COMPONENTS = ("brain_tokenizer", "nonbrain_tokenizer", "prior")
 BUILTIN_DIR = Path(__file__).resolve().parent / "weights"
-DEFAULT_BUNDLE = {128: "demo-128", 256: "demo-256"}
+DEFAULT_BUNDLE = {size: f"demo-{size}" for size in GRIDS}
 
 
 def git_revision() -> str:
@@ -72,7 +73,7 @@ class Bundle:
 def resolve_bundle_path(spec: Optional[Union[str, Path]], resolution: Optional[int] = None) -> Path:
     """A folder path, the name of a shipped bundle, or None for the default of ``resolution``."""
     if spec is None:
-        spec = DEFAULT_BUNDLE.get(int(resolution or 256))
+        spec = DEFAULT_BUNDLE.get(int(resolution or DEFAULT_RESOLUTION))
         if spec is None:
             raise WeightsError(f"no shipped weights for resolution {resolution}; use --weights")
     p = Path(spec)
@@ -171,7 +172,7 @@ def save_bundle(out_dir: Union[str, Path], brain_tokenizer: Tokenizer, nonbrain_
         "architecture": arch,
         "version": __version__,
         "resolution": int(resolution),
-        "spacing_mm": {128: 2.0, 256: 1.0}.get(int(resolution)),
+        "spacing_mm": GRIDS[int(resolution)].spacing,
         "codebook_size": int(prior.codebook_size),
         "token_grid": int(prior.cfg.token_size),
         "license": "Apache-2.0",

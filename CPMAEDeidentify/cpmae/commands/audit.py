@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from cpmae.device import DEVICE_HELP
+from cpmae.geometry import GRIDS
 
 
 def register(sub) -> None:
@@ -18,7 +19,7 @@ def register(sub) -> None:
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                    help=f"comma-separated methods (default: {','.join(DEFAULT_METHODS)})")
     p.add_argument("--weights", default=None, help="CPMAE weights bundle (default: the shipped demo weights)")
-    p.add_argument("--resolution", type=int, choices=(128, 256), default=128,
+    p.add_argument("--resolution", type=int, choices=sorted(GRIDS), default=min(GRIDS),
                    help="CPMAE model grid and the grid of generated training subjects (default 128)")
     p.add_argument("--steps", type=int, default=None, help="CPMAE sampling steps (default: the bundle's)")
     p.add_argument("--seed", type=int, default=0, help="seed of CPMAE, the attacker and the bootstrap")

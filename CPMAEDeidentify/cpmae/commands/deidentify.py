@@ -4,14 +4,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from cpmae.device import DEVICE_HELP
+from cpmae.geometry import DEFAULT_RESOLUTION, GRIDS, describe_grids
 
 
 def add_model_arguments(p) -> None:
     """Options shared by every command that runs the model (deidentify, demo, batch)."""
     p.add_argument("--weights", default=None,
                    help="weights bundle folder or shipped name (default: demo-<resolution>)")
-    p.add_argument("--resolution", type=int, choices=(128, 256), default=256,
-                   help="model grid: 256 (256³ at 1 mm, default) or 128 (128³ at 2 mm, faster)")
+    p.add_argument("--resolution", type=int, choices=sorted(GRIDS), default=DEFAULT_RESOLUTION,
+                   help="model grid: " + describe_grids(DEFAULT_RESOLUTION))
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the bundle's, 8)")
     p.add_argument("--seed", type=int, default=0, help="random seed: same seed -> same face (default 0)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 from cpmae.device import DEVICE_HELP
+from cpmae.geometry import DEFAULT_RESOLUTION, GRIDS, describe_grids
 
 
 def register(sub) -> None:
@@ -20,7 +21,8 @@ def register(sub) -> None:
     )
     p.add_argument("in_dir", metavar="IN_DIR")
     p.add_argument("out_dir", metavar="OUT_DIR")
-    p.add_argument("--resolution", type=int, default=256, choices=(128, 256), help="model grid (default 256)")
+    p.add_argument("--resolution", type=int, default=DEFAULT_RESOLUTION, choices=sorted(GRIDS),
+                   help="model grid: " + describe_grids(DEFAULT_RESOLUTION))
     p.add_argument("--weights", default=None, help="weights bundle name or path (default: the bundled one)")
     p.add_argument("--seed", type=int, default=0, help="base seed; per-subject seeds are derived from it "
                    "unless --pseudonym-key is given")

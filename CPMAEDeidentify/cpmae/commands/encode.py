@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from cpmae.device import DEVICE_HELP
+from cpmae.geometry import GRIDS
 
 
 def register(sub) -> None:
@@ -22,7 +23,7 @@ def register(sub) -> None:
     p.add_argument("--nonbrain-tokenizer", type=Path, help="run folder of the non-brain tokenizer")
     p.add_argument("--weights", help="or: a weights bundle (folder or shipped name) holding both tokenizers")
     p.add_argument("--data", default="cohort", help="'cohort' or a folder written by `cpmae prepare`")
-    p.add_argument("--resolution", type=int, choices=(128, 256), help="grid (default: the tokenizers')")
+    p.add_argument("--resolution", type=int, choices=sorted(GRIDS), help="grid (default: the tokenizers')")
     p.add_argument("--count", type=int, default=64, help="subjects to encode (cohort: indices 0..N-1; "
                    "prepared: at most N cases)")
     p.add_argument("--cohort-seed", type=int, default=0)

@@ -1,6 +1,8 @@
 """``cpmae generate-cohort OUT_DIR``: write the seeded synthetic cohort as a BIDS-like folder."""
 from __future__ import annotations
 
+from cpmae.geometry import GRIDS, describe_grids
+
 
 def register(sub) -> None:
     p = sub.add_parser("generate-cohort", help="generate distinct synthetic heads from the sample heads",
@@ -10,8 +12,8 @@ def register(sub) -> None:
                        "and OUT_DIR/cohort.json (see docs/cohort.md). Same seed -> same cohort.")
     p.add_argument("out_dir", help="output folder (created; existing subject files are replaced)")
     p.add_argument("--n", type=int, default=20, help="number of subjects (default 20)")
-    p.add_argument("--resolution", type=int, choices=(128, 256), default=128,
-                   help="model grid: 128 (128³ at 2 mm, default) or 256 (256³ at 1 mm)")
+    p.add_argument("--resolution", type=int, choices=sorted(GRIDS), default=min(GRIDS),
+                   help="model grid: " + describe_grids(min(GRIDS)))
     p.add_argument("--seed", type=int, default=0, help="cohort seed (default 0)")
     p.add_argument("--progress", choices=("auto", "bar", "json", "none"), default="auto",
                    help="progress bar on a terminal; json = one JSON object per line on stdout")

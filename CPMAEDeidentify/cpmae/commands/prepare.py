@@ -4,13 +4,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from cpmae.device import DEVICE_HELP
+from cpmae.geometry import GRIDS
 
 
 def register(sub) -> None:
     p = sub.add_parser("prepare", help="preprocess a folder of scans / a BIDS dataset for training (cached)")
     p.add_argument("data_dir", type=Path, help="folder of NIfTI/NRRD/MHA files, or a BIDS dataset root")
     p.add_argument("out_dir", type=Path, help="dataset folder to write (rerunning only processes changes)")
-    p.add_argument("--resolution", type=int, nargs="+", choices=(128, 256), default=[128, 256],
+    p.add_argument("--resolution", type=int, nargs="+", choices=sorted(GRIDS), default=sorted(GRIDS),
                    help="model grid(s) to prepare")
     p.add_argument("--masks", type=Path, help="folder of brain masks named like the scans; without one, "
                    "<scan>_mask.* next to a scan is used, else deepbet (cached)")

@@ -15,13 +15,14 @@ from pathlib import Path
 import yaml
 
 from cpmae.device import DEVICE_HELP
+from cpmae.geometry import describe_grids
 
 # Flags that may change when a run is resumed (they do not alter what the model sees).
 RUN_CONTROL = ("steps", "max_minutes", "device", "log_every", "val_every", "checkpoint_every",
                "keep_checkpoints", "threads")
 
 FLAGS = [  # (flag, config key, type, help)
-    ("--resolution", "resolution", int, "model grid: 128 (2 mm) or 256 (1 mm)"),
+    ("--resolution", "resolution", int, "model grid: " + describe_grids()),
     ("--steps", "steps", int, "optimizer steps in total"),
     ("--batch-size", "batch_size", int, "global batch (split over DDP processes)"),
     ("--lr", "lr", float, "peak learning rate"),

@@ -87,8 +87,10 @@ class TrainConfig:
             bad(f"task must be tokenizer or prior, not {self.task!r}")
         if self.part not in ("brain", "nonbrain"):
             bad(f"part must be brain or nonbrain, not {self.part!r}")
-        if self.resolution not in (128, 256):
-            bad(f"resolution must be 128 or 256, not {self.resolution}")
+        from cpmae.geometry import GRIDS
+
+        if self.resolution not in GRIDS:
+            bad(f"resolution must be one of {sorted(GRIDS)}, not {self.resolution}")
         if self.steps < 0 or self.batch_size < 1:
             bad("steps must be >= 0 and batch_size >= 1")
         if self.schedule not in ("cosine", "linear", "constant"):

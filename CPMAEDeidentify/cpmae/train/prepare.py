@@ -19,6 +19,7 @@ import numpy as np
 
 from cpmae import dataset
 from cpmae.errors import CPMAEError, InputError
+from cpmae.geometry import GRIDS
 from cpmae.hashing import sha256_file
 from cpmae.progress import NULL, Reporter
 
@@ -103,7 +104,7 @@ def prepare_case(scan: Path, out_dir: Path, cid: str, resolutions: Sequence[int]
     return meta
 
 
-def prepare(data_dir: Path, out_dir: Path, resolutions: Iterable[int] = (128, 256), mask_dir: Optional[Path] = None,
+def prepare(data_dir: Path, out_dir: Path, resolutions: Iterable[int] = tuple(GRIDS), mask_dir: Optional[Path] = None,
             device: str = "cpu", reporter: Reporter = NULL, limit: int = 0) -> Tuple[Path, dict]:
     """Prepare every scan of ``data_dir`` into ``out_dir``; returns (manifest path, manifest)."""
     data_dir, out_dir = Path(data_dir).resolve(), Path(out_dir)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from cpmae.errors import InputError
+from cpmae.geometry import GRIDS
 from cpmae.models.build import build, complete
 from cpmae.train import data as D
 from cpmae.train.config import TrainConfig
@@ -276,7 +277,7 @@ class PriorTask:
         decoded = nonbrain_tok.decode(tokens.to(device))[0, 0].float().cpu().numpy()
         b = vol.brain.astype(np.float32)
         remodeled = np.clip(b * vol.image + (1.0 - b) * decoded, 0, None)
-        spacing = (256.0 / self.cfg.resolution,) * 3
+        spacing = (GRIDS[self.cfg.resolution].spacing,) * 3
         return before_after_figure((vol.image, spacing), (remodeled, spacing), path,
                                    labels=("held-out subject", "remodeled"))[0]
 
