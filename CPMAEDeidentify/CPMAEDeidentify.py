@@ -219,7 +219,7 @@ class CPMAEDeidentifyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             available = models.isAvailable(entry)
             self.ui.modelSelector.addItem(entry.label + ("" if available else _(" (download)")), entry.name)
             self.ui.modelSelector.setItemData(self.ui.modelSelector.count - 1,
-                                              f"{entry.description}\nLicence: {entry.licence}", qt.Qt.ToolTipRole)
+                                              f"{entry.description}\nLicence: {entry.license}", qt.Qt.ToolTipRole)
 
     def _selectModel(self, name: str) -> None:
         index = self.ui.modelSelector.findData(name)
@@ -245,7 +245,7 @@ class CPMAEDeidentifyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return str(models.ensureModel(entry))  # no download; a missing built-in bundle is a clear error
         if not slicer.util.confirmOkCancelDisplay(
                 _("Download the model '{name}' ({size:.0f} MB, licence {licence}) from\n{url}?").format(
-                    name=entry.name, size=entry.size / 1e6, licence=entry.licence, url=entry.url)):
+                    name=entry.name, size=entry.size / 1e6, licence=entry.license, url=entry.url)):
             return ""
         progress = slicer.util.createProgressDialog(labelText=_("Downloading {name}").format(name=entry.name),
                                                     maximum=100)

@@ -7,7 +7,6 @@ into the cache. Hospitals without internet pick a local folder instead (``useLoc
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -19,11 +18,13 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from cpmae.errors import WeightsError
+from cpmae.hashing import sha256_file
 
 MODULE_DIR = Path(__file__).resolve().parent.parent
 CATALOGUE = MODULE_DIR / "Resources" / "Models.json"
 BUILTIN_WEIGHTS = MODULE_DIR / "cpmae" / "weights"
-REQUIRED_FIELDS = ("name", "version", "url", "sha256", "size", "licence", "resolution")
+REQUIRED_FIELDS = ("name", "version", "url", "sha256", "size", "license", "resolution")
+OLD_SPELLINGS = {"licence": "license"}  # catalogues written before the field took the manifests' spelling
 
 
 @dataclass
@@ -33,7 +34,7 @@ class ModelEntry:
     url: str
     sha256: str
     size: int
-    licence: str
+    license: str  # SPDX identifier, spelled as in the weights manifests
     resolution: int
     description: str = ""
 
@@ -55,6 +56,11 @@ def loadCatalogue(path=CATALOGUE) -> List[ModelEntry]:
         raise WeightsError(f"cannot read the model catalogue ({exc})", path=path) from exc
     entries = []
     for record in records:
+        if isinstance(record, dict):
+            record = dict(record)
+            for old, new in OLD_SPELLINGS.items():
+                if old in record:
+                    record.setdefault(new, record.pop(old))
         missing = [f for f in REQUIRED_FIELDS if f not in record]
         if missing:
             raise WeightsError(f"model entry {record.get('name', '?')!r} lacks {', '.join(missing)}", path=path)
@@ -70,12 +76,7 @@ def cacheDir() -> Path:
     return cache_dir() / "models"
 
 
-def sha256File(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+sha256File = sha256_file  # the engine's one file hash: the catalogue's sha256 is checked the same way
 
 
 def isBundle(folder) -> bool:

@@ -15,7 +15,7 @@ def test_shipped_catalogue_entries_are_complete_and_builtin_ones_point_into_the_
     entries = models.loadCatalogue()
     assert {e.resolution for e in entries} == {128, 256}
     for e in entries:
-        assert e.licence and e.version and e.name
+        assert e.license and e.version and e.name
         if e.builtin:
             assert models.localPath(e).parent == models.BUILTIN_WEIGHTS
 
@@ -30,7 +30,7 @@ def _bundle_zip(tmp_path):
 
 
 def _entry(url, sha, size):
-    return models.ModelEntry(name="remote", version="1.0", url=url, sha256=sha, size=size, licence="CC-BY-4.0",
+    return models.ModelEntry(name="remote", version="1.0", url=url, sha256=sha, size=size, license="CC-BY-4.0",
                              resolution=128)
 
 
@@ -136,3 +136,15 @@ def test_registered_sample_head_is_the_averaged_head_the_engine_uses(mean_head):
 
     assert AVERAGED_HEAD["checksums"] == "SHA256:" + hashlib.sha256(mean_head.read_bytes()).hexdigest()
     assert AVERAGED_HEAD["uris"].startswith("https://") and "pydeface" in AVERAGED_HEAD["uris"]
+
+
+def test_catalogue_field_is_spelled_like_the_manifests_and_old_spelling_still_reads(tmp_path):
+    from cpmae.weights import load_bundle
+
+    shipped = models.loadCatalogue()
+    manifest = load_bundle(None, shipped[0].resolution).manifest
+    assert shipped[0].license == manifest["license"]
+    old = {"models": [{"name": "old", "version": "1", "url": "builtin:demo-128", "sha256": "", "size": 0,
+                       "licence": "MIT", "resolution": 128}]}
+    (tmp_path / "Models.json").write_text(json.dumps(old), encoding="utf-8")
+    assert models.loadCatalogue(tmp_path / "Models.json")[0].license == "MIT"
