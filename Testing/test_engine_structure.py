@@ -8,7 +8,6 @@ import pytest
 import cpmae
 
 PACKAGE = Path(cpmae.__file__).resolve().parent
-KNOWN_CIRCLE = {"cpmae.train.tasks", "cpmae.train.checkpoint"}  # delete with the xfail below once it is gone
 
 
 def _module_name(path: Path) -> str:
@@ -75,8 +74,6 @@ def test_no_import_cycle_in_the_engine():
     graph = import_graph()
     assert len(graph) > 40 and "cpmae.pipeline" in graph["cpmae.commands.deidentify"]
     cycle = find_cycle(graph)
-    if cycle and set(cycle) == KNOWN_CIRCLE:  # being removed by cpmae.models.build (issue 13)
-        pytest.xfail("train.checkpoint <-> train.tasks: the one known circle, until cpmae.models.build lands")
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
