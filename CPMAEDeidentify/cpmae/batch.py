@@ -588,7 +588,7 @@ def _run_one(case: Case, in_dir: Path, out_dir: Path, hist: CaseHistory, manifes
                              "output_sha256": rec["output_sha256"], "weights_sha256": info.get("weights_sha256"),
                              "steps": info.get("steps"), "changed_voxels": info.get("changed_voxels"),
                              "seconds": round(seconds, 3), "time": _utc_now(), "version": __version__,
-                             "self_check": info.get("self_check")})
+                             "self_check": info.get("self_check"), "input": str(case.in_path)})  # for `cpmae review`
             summary.ok += 1
             if (info.get("self_check") or {}).get("flagged"):
                 summary.flagged.append(case.case_id)

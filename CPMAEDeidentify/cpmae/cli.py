@@ -29,6 +29,7 @@ COMMANDS = [
     "encode",
     "export",
     "audit",
+    "review",
 ]
 
 
