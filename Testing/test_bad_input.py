@@ -299,6 +299,78 @@ def test_weights_for_another_resolution(tiny_weights, phantom_files, tmp_path, c
     assert not out.exists()
 
 
+def _tampered_bundle(tiny_weights, tmp_path, edit_manifest=None, component="prior", content=None) -> Path:
+    """A copy of the tiny bundle with one file's bytes replaced (sha256 updated) and/or its manifest edited."""
+    import hashlib
+    import json
+
+    bad = tmp_path / "tampered"
+    shutil.copytree(tiny_weights, bad)
+    manifest = json.loads((bad / "manifest.json").read_text(encoding="utf-8"))
+    if content is not None:
+        (bad / f"{component}.safetensors").write_bytes(content)
+        manifest["components"][component]["sha256"] = hashlib.sha256(content).hexdigest()
+    if edit_manifest is not None:
+        edit_manifest(manifest)
+    (bad / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    return bad
+
+
+def weights_refused(bundle, phantom_files, tmp_path, capsys, names, *phrases):
+    src, mask = phantom_files
+    out = tmp_path / "out" / "deid.nii.gz"
+    out.parent.mkdir(exist_ok=True)
+    return refused(["deidentify", src, out, "--mask", mask, "--weights", bundle, "--resolution", "128",
+                    "--steps", "1", "--device", "cpu", "--progress", "none"], capsys, EXIT_WEIGHTS, names, *phrases,
+                   out=out)
+
+
+def test_weights_file_that_is_not_safetensors(tiny_weights, phantom_files, tmp_path, capsys):
+    bad = _tampered_bundle(tiny_weights, tmp_path, content=b"this is not a safetensors file" * 10)
+    weights_refused(bad, phantom_files, tmp_path, capsys, bad / "prior.safetensors", "not a valid safetensors file")
+
+
+def test_pickled_weights_are_never_unpickled(tiny_weights, phantom_files, tmp_path, capsys):
+    """A torch.save pickle whose loading would run code: refused as not safetensors, and the code never runs."""
+    import pickle
+
+    marker = tmp_path / "unpickled"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    bad = _tampered_bundle(tiny_weights, tmp_path, content=pickle.dumps({"w": Payload()}))
+    weights_refused(bad, phantom_files, tmp_path, capsys, bad / "prior.safetensors", "never unpickled")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("edit, phrase", [
+    (lambda m: m.pop("resolution"), "lacks a valid resolution"),
+    (lambda m: m["components"]["prior"].pop("sha256"), "lacks a valid sha256 for prior"),
+    (lambda m: m["components"]["prior"].update(sha256="abc"), "lacks a valid sha256 for prior"),
+    (lambda m: m["components"].pop("brain_tokenizer"), "lists no brain_tokenizer"),
+    (lambda m: m["components"]["prior"].pop("config"), "lacks the config of prior"),
+    (lambda m: m["components"]["prior"]["config"].update(no_such_option=3), "does not fit this version"),
+    (lambda m: m["components"]["prior"]["config"].update(channels=[16, 16]), "does not fit"),
+])
+def test_manifest_lacking_what_loading_needs(tiny_weights, phantom_files, tmp_path, capsys, edit, phrase):
+    bad = _tampered_bundle(tiny_weights, tmp_path, edit_manifest=edit)
+    names = bad if "does not fit" in phrase else bad / "manifest.json"
+    weights_refused(bad, phantom_files, tmp_path, capsys, names, phrase)
+
+
+@pytest.mark.parametrize("path", ["../outside.safetensors", "/etc/passwd", "sub/../../outside.safetensors",
+                                  "link.safetensors"])
+def test_manifest_paths_must_stay_inside_the_bundle(tiny_weights, phantom_files, tmp_path, capsys, path):
+    outside = tmp_path / "outside.safetensors"
+    shutil.copy(tiny_weights / "prior.safetensors", outside)  # a valid file, so only the path can be refused
+    bad = _tampered_bundle(tiny_weights, tmp_path,
+                           edit_manifest=lambda m: m["components"]["prior"].update(file=path))
+    (bad / "link.safetensors").symlink_to(outside)
+    weights_refused(bad, phantom_files, tmp_path, capsys, bad / "manifest.json", "outside the bundle folder")
+
+
 # ----------------------------------------------------------------------------- the output
 
 
@@ -424,3 +496,40 @@ def test_full_disk_while_writing_the_provenance_removes_the_image(tiny_weights, 
              "--steps", "1", "--device", "cpu", "--progress", "none"], capsys, EXIT_OUTPUT,
             out.with_name(out.name + ".provenance.json"), "no space left on the device", out=out)
     assert list(out.parent.iterdir()) == []
+
+
+def test_mask_out_equal_to_the_output(tiny_weights, phantom_files, tmp_path, capsys):
+    src, mask = phantom_files
+    out = tmp_path / "out" / "deid.nii.gz"
+    out.parent.mkdir()
+    refused(["deidentify", src, out, "--mask", mask, "--mask-out", out.parent / "." / out.name, "--weights",
+             tiny_weights, "--resolution", "128", "--steps", "1", "--device", "cpu", "--progress", "none"],
+            capsys, EXIT_OUTPUT, out.parent / "." / out.name, "brain mask (--mask-out) is the same file as the "
+            "de-identified image (OUTPUT)", out=out)
+
+
+def test_nifti_without_orientation(tmp_path, capsys):
+    """qform_code = sform_code = 0 once ended in a message that blamed the mask."""
+    src = tmp_path / "head.nii.gz"
+    sitk.WriteImage(head_image(), str(src))
+    ni = nib.load(str(src))
+    hdr = ni.header.copy()
+    hdr.set_qform(None, code=0)
+    hdr.set_sform(None, code=0)
+    nib.save(nib.Nifti1Image(np.asanyarray(ni.dataobj), None, hdr), str(src))
+    assert nib.load(str(src)).header["qform_code"] == nib.load(str(src)).header["sform_code"] == 0
+    err = mask_cli(src, tmp_path, capsys, "no orientation (qform_code = sform_code = 0)")
+    assert "mask" not in err.split(": ", 2)[2]
+
+
+@pytest.mark.parametrize("name", ["head.nii", "head.nii.gz"])
+def test_nifti_with_negative_pixdim(tmp_path, capsys, name):
+    import gzip
+
+    plain = tmp_path / "plain.nii"
+    sitk.WriteImage(head_image(), str(plain))
+    data = bytearray(plain.read_bytes())
+    struct.pack_into("<f", data, 80, -4.0)  # pixdim[1]
+    src = tmp_path / name
+    src.write_bytes(gzip.compress(bytes(data)) if name.endswith(".gz") else bytes(data))
+    mask_cli(src, tmp_path, capsys, "voxel spacing (pixdim[1..3] = -4, 4, 4) is negative or zero")

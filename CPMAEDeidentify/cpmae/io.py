@@ -123,9 +123,20 @@ def _read_file(path: Path) -> sitk.Image:
 
 
 def _nibabel_load(path: Path):
+    """nibabel's image, loaded without its header fix-up messages on stderr (cpmae says one line).
+
+    ``nibabel.imageglobals.LoggingOutputSuppressor`` removes the handler, after which Python's
+    last-resort handler prints warnings anyway ("pixdim[1,2,3] should be positive ..."), so the
+    logger is disabled instead.
+    """
     import nibabel as nib
 
-    return nib.load(str(path))
+    logger = nib.imageglobals.logger
+    disabled, logger.disabled = logger.disabled, True
+    try:
+        return nib.load(str(path))
+    finally:
+        logger.disabled = disabled
 
 
 def _nifti_header(path: Path):
@@ -138,10 +149,9 @@ def _nifti_header(path: Path):
     import nibabel as nib
 
     try:
-        with nib.imageglobals.LoggingOutputSuppressor():  # nibabel logs header fix-ups to stderr
-            nimg = _nibabel_load(path)
-            header, offset = nimg.header, int(nimg.dataobj.offset)  # img.header's own offset is reset to 0
-            expected = offset + int(np.prod(header.get_data_shape(), dtype=np.int64)) * header.get_data_dtype().itemsize
+        nimg = _nibabel_load(path)
+        header, offset = nimg.header, int(nimg.dataobj.offset)  # img.header's own offset is reset to 0
+        expected = offset + int(np.prod(header.get_data_shape(), dtype=np.int64)) * header.get_data_dtype().itemsize
     except Exception:  # nibabel raises many types on garbage; all mean "not a NIfTI file"
         raise InputError("cannot read the header: the file is corrupt or not a NIfTI file", path=path) from None
     # ITK hangs on an infinite sform entry and passes NaN through to the origin: refuse them here
@@ -150,12 +160,31 @@ def _nifti_header(path: Path):
         fields += ["srow_x", "srow_y", "srow_z"]
     if header["qform_code"] > 0:
         fields += ["quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y", "qoffset_z"]
-    values = np.concatenate([header["pixdim"][1:4].astype(np.float64)]
-                            + [np.ravel(header[f]).astype(np.float64) for f in fields])
+    pixdim = _raw_pixdim(path)  # nibabel silently replaces negative pixdim by its absolute value
+    values = np.concatenate([pixdim] + [np.ravel(header[f]).astype(np.float64) for f in fields])
     if not np.all(np.isfinite(values)) or np.abs(values).max() > MAX_GEOMETRY_MM:
         raise InputError("the NIfTI header's spacing or orientation (pixdim, qform, sform) holds NaN, infinite "
                          "or absurd values", path=path)
+    if np.any(pixdim <= 0):  # ITK's niftilib would print its own warning, then return a negative spacing
+        raise InputError(f"the NIfTI header's voxel spacing (pixdim[1..3] = {', '.join(f'{v:g}' for v in pixdim)}) is negative or zero; a "
+                         "flip belongs in the qform/sform, not in pixdim: fix the header (e.g. nibabel: "
+                         "hdr['pixdim'][1:4] = abs(...))", path=path)
+    if header["qform_code"] == 0 and header["sform_code"] == 0:
+        raise InputError("the NIfTI header gives no orientation (qform_code = sform_code = 0), so where the face "
+                         "and the brain are in space is unknown; set the orientation first (e.g. nibabel: "
+                         "img.set_qform(affine, code=1), or fslorient)", path=path)
     return header, expected
+
+
+def _raw_pixdim(path: Path) -> np.ndarray:
+    """pixdim[1..3] as stored in the file (NIfTI-1 header offset 76, byte order from sizeof_hdr)."""
+    import gzip
+    import struct
+
+    with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as fh:
+        head = fh.read(108)
+    order = "<" if struct.unpack("<i", head[:4])[0] == 348 else ">"
+    return np.asarray(struct.unpack(order + "8f", head[76:108])[1:4], np.float64)
 
 
 def _holds_bytes(path: Path, expected: int) -> bool:
@@ -345,11 +374,13 @@ def same_geometry(a: sitk.Image, b: sitk.Image, tol: float = 1e-4) -> bool:
 # --------------------------------------------------------------------------- writing
 
 
-def check_output_path(out: PathLike, inputs: Iterable[PathLike] = (), overwrite: bool = False) -> Path:
+def check_output_path(out: PathLike, inputs: Iterable[PathLike] = (), overwrite: bool = False,
+                      other_outputs: Optional[Mapping[str, PathLike]] = None, role: str = "output") -> Path:
     """Refuse an output that cannot be written safely, before any work is done.
 
     Refused: unsupported extension, an existing file (unless ``overwrite``), the same file as an
-    input (even with ``overwrite``), a missing or non-folder parent, a folder we cannot create
+    input (even with ``overwrite``) or as another output of the same run (``other_outputs``:
+    description -> path; ``role`` names this one), a missing or non-folder parent, a folder we cannot create
     files in (tested by creating one: ``os.access`` says yes to root on read-only mounts).
     """
     out = Path(out)
@@ -360,6 +391,10 @@ def check_output_path(out: PathLike, inputs: Iterable[PathLike] = (), overwrite:
         inp = Path(inp)
         if resolved == inp.resolve() or (out.exists() and inp.exists() and os.path.samefile(out, inp)):
             raise OutputError("output path is the input file; choose another output path", path=out)
+    for what, other in (other_outputs or {}).items():  # e.g. --mask-out given the same name as OUTPUT
+        if resolved == Path(other).resolve():
+            raise OutputError(f"the {role} is the same file as {what}; one would overwrite the other: give each "
+                              "its own file name", path=out)
     if out.is_dir():
         raise OutputError("output path is a folder; give a file name", path=out)
     if out.exists() and not overwrite:

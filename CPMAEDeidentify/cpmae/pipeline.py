@@ -149,7 +149,8 @@ def deidentify_file(in_path, out_path, *, mask_path=None, mask_out=None, weights
     inputs = [p for p in (in_path, mask_path) if p is not None]
     check_output_path(out_path, inputs=inputs, overwrite=overwrite)
     if mask_out is not None:
-        check_output_path(mask_out, inputs=inputs + [out_path], overwrite=overwrite)
+        check_output_path(mask_out, inputs=inputs, overwrite=overwrite, role="brain mask (--mask-out)",
+                          other_outputs={"the de-identified image (OUTPUT)": out_path})
     with reporter.stage("read"):
         image = read_image(in_path)
         mask = load_mask(mask_path, image) if mask_path is not None else None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import re
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -95,9 +96,48 @@ def read_manifest(path: Path) -> dict:
         raise WeightsError("manifest.json missing", path=path) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise WeightsError(f"manifest.json is not valid JSON ({exc})", path=mf) from None
+    if not isinstance(manifest, dict):
+        raise WeightsError("manifest.json is not a JSON object", path=mf)
     if manifest.get("format") != FORMAT:
         raise WeightsError(f"unknown weights format {manifest.get('format')!r} (expected {FORMAT})", path=mf)
+    check_manifest(manifest, path)
     return manifest
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def check_manifest(manifest: dict, path: Path) -> None:
+    """Refuse, in one line, a manifest that lacks what loading needs or points outside its bundle.
+
+    Checked before any file is opened: ``resolution`` (a positive integer), and for every
+    component a ``file`` inside the bundle folder (no absolute path, no ``..``, no symlink out),
+    a 64-hex-digit ``sha256`` and a ``config`` object. A bundle is data from elsewhere: it must
+    not make the engine read files outside it.
+    """
+    mf = path / "manifest.json"
+    res = manifest.get("resolution")
+    if isinstance(res, bool) or not isinstance(res, int) or res <= 0:
+        raise WeightsError(f"manifest.json lacks a valid resolution (found {res!r})", path=mf)
+    comps = manifest.get("components")
+    if not isinstance(comps, dict):
+        raise WeightsError("manifest.json lacks its components", path=mf)
+    root = path.resolve()
+    for name in COMPONENTS:
+        entry = comps.get(name)
+        if not isinstance(entry, dict):
+            raise WeightsError(f"manifest.json lists no {name}", path=mf)
+        f = entry.get("file")
+        if not isinstance(f, str) or not f:
+            raise WeightsError(f"manifest.json gives no file for {name}", path=mf)
+        rel = Path(f)
+        if rel.is_absolute() or ".." in rel.parts or not (path / rel).resolve().is_relative_to(root):
+            raise WeightsError(f"manifest.json points {name} to {f!r}, outside the bundle folder; refusing to "
+                               "read it", path=mf)
+        if not isinstance(entry.get("sha256"), str) or not _SHA256.fullmatch(entry["sha256"]):
+            raise WeightsError(f"manifest.json lacks a valid sha256 for {name}", path=mf)
+        if not isinstance(entry.get("config"), dict):
+            raise WeightsError(f"manifest.json lacks the config of {name}", path=mf)
 
 
 def _load_state(path: Path, entry: dict) -> dict:
@@ -108,9 +148,41 @@ def _load_state(path: Path, entry: dict) -> dict:
     if digest != entry["sha256"]:
         raise WeightsError(f"sha256 mismatch: file has {digest[:12]}…, manifest says {entry['sha256'][:12]}…; "
                            "the file is corrupted or was replaced, refusing to use it", path=f)
-    return {k: v.float() for k, v in load_file(str(f)).items()}
+    try:
+        tensors = load_file(str(f))  # safetensors: never unpickles
+    except Exception as exc:  # SafetensorError, OSError, ...: the bytes are not a safetensors file
+        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:120]
+        raise WeightsError(f"not a valid safetensors file ({first}); weights are read only from safetensors, "
+                           "never unpickled", path=f) from None
+    return {k: v.float() for k, v in tensors.items()}
 
 
+def _weights_errors(load):
+    """Turn what a bundle's content can break while the models are built into one WeightsError line.
+
+    A config the model classes reject (TypeError/KeyError/ValueError) or tensors of the wrong
+    shape (RuntimeError from ``load_state_dict``) mean the bundle does not fit this engine: exit 4,
+    not a traceback. Out-of-memory is not the bundle's fault and passes through.
+    """
+    import functools
+
+    @functools.wraps(load)
+    def wrapper(spec=None, resolution=None, *args, **kwargs):
+        try:
+            return load(spec, resolution, *args, **kwargs)
+        except WeightsError:
+            raise
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except (TypeError, KeyError, ValueError, AttributeError, RuntimeError) as exc:
+            first = (str(exc).strip().splitlines() or [""])[0][:160]
+            raise WeightsError(f"the bundle does not fit this version of cpmae ({exc.__class__.__name__}: {first})",
+                               path=spec if spec is not None else f"demo weights for {resolution}") from None
+
+    return wrapper
+
+
+@_weights_errors
 def load_bundle(spec: Optional[Union[str, Path]] = None, resolution: Optional[int] = None,
                 device: Union[str, torch.device] = "cpu") -> Bundle:
     """Load and verify a bundle; refuse sha256 mismatches and bundles for another resolution."""
