@@ -108,6 +108,10 @@ def _read_file(path: Path) -> sitk.Image:
     if nifti is not None and not _holds_bytes(path, nifti[1]):  # after the size guard: a huge header says more
         raise InputError(f"the NIfTI file is truncated or corrupt (holds fewer than the {nifti[1]} bytes its "
                          "header announces)", path=path)
+    if nifti is not None and nifti[0]["qform_code"] == 0 and nifti[0]["sform_code"] == 0:
+        raise InputError("the NIfTI header gives no orientation (qform_code = sform_code = 0), so where the face "
+                         "and the brain are in space is unknown; set the orientation first (e.g. nibabel: "
+                         "img.set_qform(affine, code=1), or fslorient)", path=path)
     if len(size) == 4:  # a single-volume 4-D file: read it as 3-D
         reader.SetExtractIndex([0, 0, 0, 0])
         reader.SetExtractSize(size[:3] + [0])
@@ -169,10 +173,6 @@ def _nifti_header(path: Path):
         raise InputError(f"the NIfTI header's voxel spacing (pixdim[1..3] = {', '.join(f'{v:g}' for v in pixdim)}) is negative or zero; a "
                          "flip belongs in the qform/sform, not in pixdim: fix the header (e.g. nibabel: "
                          "hdr['pixdim'][1:4] = abs(...))", path=path)
-    if header["qform_code"] == 0 and header["sform_code"] == 0:
-        raise InputError("the NIfTI header gives no orientation (qform_code = sform_code = 0), so where the face "
-                         "and the brain are in space is unknown; set the orientation first (e.g. nibabel: "
-                         "img.set_qform(affine, code=1), or fslorient)", path=path)
     return header, expected
 
 
