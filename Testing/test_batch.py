@@ -480,3 +480,48 @@ def test_disjoint_shards_of_one_spec_run_in_parallel(bids_dir, tmp_path):
     run_batch(bids_dir, out, resolution=128, shard=(0, 2), process_case=fast_worker)  # killed: lock released
     done = {r["case"] for r in ok_records(out)}
     assert done == set(GOOD)
+
+
+# ----------------------------------------------------------------------------- input hash = bytes processed
+
+
+def test_input_that_changes_while_it_is_processed_is_not_recorded_ok(bids_dir, tmp_path):
+    """The hash is taken before the pipeline reads the file: a file rewritten in between is caught."""
+    victim = bids_dir / GOOD[1]
+    other = (bids_dir / GOOD[2]).read_bytes()
+
+    def rewriting_worker(in_path, out_path, **kw):
+        info = fast_worker(in_path, out_path, **kw)
+        if Path(in_path) == victim:  # a copy into IN_DIR still running, or a user replacing the file
+            victim.write_bytes(other)
+        return info
+
+    out = tmp_path / "out"
+    s = run_batch(bids_dir, out, resolution=128, process_case=rewriting_worker)
+    assert [c for c, _ in s.failed] == sorted([GOOD[1], BAD])
+    assert "changed while it was being processed" in dict(s.failed)[GOOD[1]]
+    assert GOOD[1] not in {r["case"] for r in ok_records(out)} and not (out / GOOD[1]).exists()
+    s2 = run_batch(bids_dir, out, resolution=128, process_case=fast_worker)  # now stable: done, hash of what ran
+    assert s2.ok == 1
+    rec = next(r for r in ok_records(out) if r["case"] == GOOD[1])
+    assert rec["input_sha256"] == file_sha256(victim)
+
+
+def test_detached_header_hash_covers_its_data_file(tmp_path):
+    src = tmp_path / "flat"
+    write_identifying_nifti(src / "x.nii.gz", 1)
+    img = read_image(src / "x.nii.gz")
+    (src / "x.nii.gz").unlink()
+    sitk.WriteImage(img, str(src / "scan.mhd"))  # scan.mhd + scan.raw
+    raw = src / "scan.raw"
+    assert raw.is_file() and batch.input_files(src / "scan.mhd") == [src / "scan.mhd", raw]
+
+    def raw_changing_worker(in_path, out_path, **kw):
+        info = fast_worker(in_path, out_path, **kw)
+        data = bytearray(raw.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        raw.write_bytes(bytes(data))  # only the voxels change, the header file does not
+        return info
+
+    s = run_batch(src, tmp_path / "out", resolution=128, process_case=raw_changing_worker)
+    assert s.ok == 0 and "changed while it was being processed" in s.failed[0][1]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -39,8 +40,9 @@ from cpmae import __version__
 from cpmae.atomic import ensure_output_dir, fsync_dir, remove_stale_temps, storage_error, write_text_atomic
 from cpmae.dataset import IMAGE_SUFFIXES, find_scans, image_suffix, strip_image_suffix
 from cpmae.errors import Cancelled, CPMAEError, InputError, OutputError, WeightsError
+from cpmae.hashing import CHUNK_BYTES
 from cpmae.progress import Reporter
-from cpmae.provenance import SUFFIX as PROVENANCE_SUFFIX, file_sha256, provenance_path, write_provenance
+from cpmae.provenance import SUFFIX as PROVENANCE_SUFFIX, provenance_path, write_provenance
 from cpmae.pseudonym import resolve_key, seed_for_subject, shard_of, subject_of
 from cpmae.sidecar import write_scrubbed_sidecar
 
@@ -376,6 +378,57 @@ class PipelineWorker:
         return dict(result.info)
 
 
+# --------------------------------------------------------------------------- input identity
+def input_files(path: Path) -> List[Path]:
+    """The files whose bytes make up an input image: the file, plus the data file of a detached
+    header (``.mhd`` ``ElementDataFile``, ``.nhdr`` ``data file``) when it names one file."""
+    files = [path]
+    suffix = image_suffix(path.name)
+    if suffix not in (".mhd", ".nhdr"):
+        return files
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(1 << 16).decode("latin-1")
+    except OSError:
+        return files
+    for line in head.splitlines():
+        key, sep, value = line.partition("=" if suffix == ".mhd" else ":")
+        key, value = key.strip().lower(), value.strip()
+        if sep and key in ("elementdatafile", "data file", "datafile"):
+            if value and value.upper() != "LOCAL" and " " not in value and "%" not in value:
+                files.append(path.parent / value)
+            break
+        if suffix == ".nhdr" and not line.strip():
+            break  # end of the NRRD header
+    return files
+
+
+def input_fingerprint(path: Path) -> Tuple[str, Tuple[Tuple[int, int, int, int], ...]]:
+    """(sha256 of the input's bytes, identity of its files) before and after a case is processed.
+
+    The pipeline reads the input itself, after it was hashed. Equal fingerprints before and after
+    mean the recorded hash is of the bytes that were processed: every write to a file changes
+    its ctime (which no user call can set back) and its content hash, so a file being copied in,
+    rewritten or replaced in between is caught. For a detached header the hash covers header and
+    data file, in that order.
+    """
+    files = input_files(path)
+    stats = []
+    h = hashlib.sha256()
+    try:
+        for f in files:
+            st = os.stat(f)
+            stats.append((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(CHUNK_BYTES), b""):
+                    h.update(block)
+    except FileNotFoundError:
+        raise InputError("input file disappeared", path=path) from None
+    except OSError as exc:
+        raise InputError(f"cannot read the input ({exc.strerror or exc})", path=path) from None
+    return h.hexdigest(), tuple(stats)
+
+
 # --------------------------------------------------------------------------- the run
 def _case_outputs(out_dir: Path, case: Case) -> List[Path]:
     """Every file the batch places for a case (image, provenance, sidecar); the image is placed last."""
@@ -553,11 +606,13 @@ def _run_one(case: Case, in_dir: Path, out_dir: Path, hist: CaseHistory, manifes
             if staging.exists():
                 shutil.rmtree(staging)
             staging.mkdir(parents=True)
-            input_sha = file_sha256(case.in_path) if case.in_path.is_file() else None
-            if input_sha is None:
-                raise InputError("input file disappeared", path=case.in_path)
+            input_sha, before = input_fingerprint(case.in_path)
             staged_image = staging / final_image.name
             info = dict(process_case(case.in_path, staged_image, seed=seed, reporter=case_reporter, **common) or {})
+            if input_fingerprint(case.in_path) != (input_sha, before):  # the hash is of the bytes processed
+                raise InputError("the input changed while it was being processed (a copy still running?); its "
+                                 "hash would not describe what was processed: rerun when it is complete",
+                                 path=case.in_path)
             if not staged_image.is_file():
                 raise OutputError("the pipeline reported success but wrote no output", path=final_image)
             from cpmae.io import verify_image_file
