@@ -535,3 +535,28 @@ def test_nifti_with_negative_pixdim(tmp_path, capsys, name):
     src = tmp_path / name
     src.write_bytes(gzip.compress(bytes(data)) if name.endswith(".gz") else bytes(data))
     mask_cli(src, tmp_path, capsys, "voxel spacing (pixdim[1..3] = -4, 4, 4) is negative or zero")
+
+
+def test_dicom_tags_and_folder_names_never_reach_the_outputs(tiny_weights, phantom, tmp_path, capsys):
+    """What held (issue 14): a DICOM series named after the patient leaves no tag or name in any output byte."""
+    import gzip
+
+    img, brain = phantom
+    folder = tmp_path / "Doe_Jane_MRN4455667"
+    write_dicom_series(img, folder, "1.2.826.0.1.3680043.2.1125.9.7")
+    mask = tmp_path / "brain.nii.gz"
+    sitk.WriteImage(brain, str(mask))
+    out = tmp_path / "out" / "deid.nii.gz"
+    out.parent.mkdir()
+    rc = main([str(a) for a in ["deidentify", folder, out, "--mask", mask, "--mask-out", out.parent / "m.nii.gz",
+                                "--weights", tiny_weights, "--resolution", "128", "--steps", "1", "--device", "cpu",
+                                "--progress", "none"]])
+    assert rc == 0, capsys.readouterr().err
+    files = sorted(out.parent.iterdir())
+    assert [p.name for p in files] == ["deid.nii.gz", "deid.nii.gz.provenance.json", "m.nii.gz"]
+    for p in files:
+        data = p.read_bytes()
+        if p.name.endswith(".gz"):
+            data += gzip.decompress(data)
+        for secret in (b"Doe", b"Jane", b"4455667", b"1.2.826.0.1.3680043", folder.name.encode()):
+            assert secret not in data, (secret, p.name)
