@@ -364,24 +364,31 @@ def test_ok_case_whose_provenance_was_lost_is_redone(bids_dir, tmp_path):
     assert s.ok == 1 and s.already_done == 2 and provenance_path(out / GOOD[0]).is_file()
 
 
-def test_batch_on_a_full_disk_records_no_case_ok(bids_dir, tmp_path):
+@pytest.mark.parametrize("free_kib", [0, 8, 64, 200])
+def test_batch_on_a_full_disk_records_no_case_ok_that_is_not_whole(tmp_path, free_kib):
+    """A nearly full tmpfs under OUT_DIR: cases fail with one line or the batch stops with one line
+    (exit 101, when even the manifest cannot be appended); never a traceback, never a cut case recorded ok."""
     from image_builders import nearly_full_disk
 
-    with nearly_full_disk(tmp_path, free_bytes=64 * 1024) as disk:
+    src = tmp_path / "flat"
+    for i in range(4):
+        write_identifying_nifti(src / f"s{i}.nii.gz", i, size=64)
+    with nearly_full_disk(tmp_path, free_bytes=free_kib * 1024) as disk:
         out = disk / "out"
         try:
-            s = run_batch(bids_dir, out, resolution=128, process_case=fast_worker)
-        except OutputError as exc:  # the manifest itself could not be appended: the batch stops, one line
-            assert "no space left" in str(exc) or "cannot" in str(exc), exc
+            s = run_batch(src, out, resolution=128, process_case=fast_worker)
+        except OutputError as exc:
+            assert "no space left on the device" in str(exc) and "\n" not in str(exc), exc
         else:
             assert s.failed
-        for rec in ok_records(out) if (out / "logs").is_dir() else []:
+            for _, error in s.failed:
+                assert batch.STAGING_DIR not in error and "\n" not in error, error  # names the output
+        for rec in (ok_records(out) if (out / "logs").is_dir() else []):
             o = out / rec["output"]
             with gzip.open(o) as fh:
                 fh.read()  # raises on a cut stream: an ok case is whole
-            assert provenance_path(o).is_file()
-        placed = [p for p in out.rglob("*.nii.gz")] if out.is_dir() else []
-        for p in placed:
+            assert provenance_path(o).is_file() and file_sha256(o) == rec["output_sha256"]
+        for p in (out.glob("*.nii.gz") if out.is_dir() else []):  # nothing cut under a final name either
             with gzip.open(p) as fh:
                 fh.read()
 

@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from cpmae import __version__
-from cpmae.atomic import ensure_output_dir, fsync_dir, remove_stale_temps, storage_error, write_text_atomic
+from cpmae.atomic import (STORAGE_ERRNOS, ensure_output_dir, fsync_dir, remove_stale_temps, storage_error,
+                          write_text_atomic)
 from cpmae.dataset import IMAGE_SUFFIXES, find_scans, image_suffix, strip_image_suffix
 from cpmae.errors import Cancelled, CPMAEError, InputError, OutputError, WeightsError
 from cpmae.hashing import CHUNK_BYTES
@@ -271,10 +272,13 @@ class OutDirLock:
                     raise OutputError(f"another deidentify-batch run ({_spec_text(self.spec)}{who}) is working in "
                                       "this output folder on the same cases; wait for it or use another shard",
                                       path=log_dir.parent) from None
-                fh.seek(0)
-                fh.truncate()
-                fh.write(f"{socket.gethostname()} {os.getpid()}\n".encode())
-                fh.flush()
+                try:  # who holds it, for the refusal message of the next run (best effort on a full disk)
+                    fh.seek(0)
+                    fh.truncate()
+                    fh.write(f"{socket.gethostname()} {os.getpid()}\n".encode())
+                    fh.flush()
+                except OSError:
+                    pass
                 self._fh = fh
             finally:
                 fcntl.flock(guard.fileno(), fcntl.LOCK_UN)
@@ -496,6 +500,63 @@ def _check_settings_consistent(histories: Mapping[str, CaseHistory], seed_key_ta
                 "or --overwrite", path=out_dir)
 
 
+class _CaseLog:
+    """The per-case log file. It is bookkeeping for people: a disk too full to take another line
+    must not crash the batch (the manifest, which must be written, stops it cleanly instead)."""
+
+    def __init__(self, path: Path):
+        try:
+            self._fh = open(path, "a", encoding="utf-8")
+        except OSError:
+            self._fh = None
+
+    def write(self, text: str) -> None:
+        self._do(lambda fh: fh.write(text))
+
+    def flush(self) -> None:
+        self._do(lambda fh: fh.flush())
+
+    def _do(self, action) -> None:
+        if self._fh is None:
+            return
+        try:
+            action(self._fh)
+        except OSError:
+            self.close()
+
+    def close(self) -> None:
+        fh, self._fh = self._fh, None
+        if fh is not None:
+            try:
+                fh.close()
+            except OSError:
+                pass
+
+    def __enter__(self) -> "_CaseLog":
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.close()
+        return False
+
+
+def _storage_errors_stop_the_batch(run):
+    """A full disk outside a case's own writes (lock, manifest, logs) stops the batch with one line (exit 101)."""
+    import functools
+
+    @functools.wraps(run)
+    def wrapper(in_dir, out_dir, *args, **kwargs):
+        try:
+            return run(in_dir, out_dir, *args, **kwargs)
+        except OSError as exc:
+            if exc.errno in STORAGE_ERRNOS:
+                raise storage_error(exc, out_dir) from None
+            raise
+
+    return wrapper
+
+
+@_storage_errors_stop_the_batch
 def run_batch(in_dir: Union[str, Path], out_dir: Union[str, Path], *, resolution: int = 256,
               weights: Optional[str] = None, seed: int = 0, steps: Optional[int] = None,
               device: str = "auto", shard: Optional[Tuple[int, int]] = None, overwrite: bool = False,
@@ -597,7 +658,7 @@ def _run_one(case: Case, in_dir: Path, out_dir: Path, hist: CaseHistory, manifes
                      "pid": os.getpid()})
     t0 = time.perf_counter()
     moved: List[Path] = []
-    with open(log_path, "a", encoding="utf-8") as log:
+    with _CaseLog(log_path) as log:
         log.write(f"=== {_utc_now()} start {case.case_id} seed={seed} resolution={common['resolution']} "
                   f"cpmae {__version__}\n")
         log.flush()
@@ -662,6 +723,8 @@ def _run_one(case: Case, in_dir: Path, out_dir: Path, hist: CaseHistory, manifes
             fail(str(exc), time.perf_counter() - t0)
             raise
         except CPMAEError as exc:
+            if exc.path is not None and Path(exc.path).parent == staging:  # name the output, not our staging copy
+                exc.path = str(final_image.parent / Path(exc.path).name)
             log.write(f"=== failed: {exc}\n")
             _undo(moved)
             fail(str(exc), time.perf_counter() - t0)
