@@ -45,6 +45,12 @@ def run(args) -> int:
         print(f"render  {r}", file=sys.stderr)
     print(f"weights {res.info['weights']} (sha256 {res.info['weights_sha256'][:12]}…), seed {res.info['seed']}, "
           f"{res.info['steps']} steps, {res.info['resolution']}³, device {res.info['device']}", file=sys.stderr)
+    check = res.info.get("self_check")
+    if check is not None:
+        from cpmae.selfcheck import summary_line
+
+        print(f"self-check {'passed' if check['passed'] else 'FLAGGED ' + ', '.join(check['flagged'])}: "
+              f"{summary_line(check)}", file=sys.stderr)
     print("stage timings:", file=sys.stderr)
     print_timings(rep.timings)
     print(f"  de-identification (read to write) {pipeline_s:.2f} s", file=sys.stderr)
