@@ -252,3 +252,16 @@ def test_prior2_trains_validates_and_exports_seeds(tmp_path):
     x, y = sitk.GetArrayFromImage(img), sitk.GetArrayFromImage(res.image)
     b = sitk.GetArrayFromImage(mask) > 0
     assert x[b].tobytes() == y[b].tobytes()
+
+
+def test_shape_maps_mark_the_surface_and_what_lies_behind_it():
+    from cpmae.conditions import shape_maps
+
+    # a flat "face" at y = 10 voxels spanning z, x in 8..23 on a 32³ grid of 4-voxel tokens
+    zz, xx = np.meshgrid(np.arange(8, 24), np.arange(8, 24), indexing="ij")
+    pts = np.stack([zz.ravel(), np.full(zz.size, 10), xx.ravel()], 1)
+    maps = shape_maps(pts, (8, 8, 8), 4)
+    assert maps.shape == (2, 8, 8, 8)
+    assert maps[0, 2:6, 2, 2:6].min() == 1.0 and maps[0][:, [0, 1, 3, 4, 5, 6, 7]].max() == 0
+    assert maps[1, 3, :, 3].tolist() == [0, 0, 1, 1, 1, 1, 1, 1]  # behind the face: head
+    assert maps[1, 0].max() == 0  # columns the surface does not cross stay 0

