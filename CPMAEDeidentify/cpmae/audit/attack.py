@@ -251,6 +251,8 @@ class IdentificationResult:
     folds: int
     n_subjects: int
     chance: float = 100.0 / N_OPTIONS
+    lo: float = float("nan")  # 95 % bootstrap interval over subjects (percentiles of the folds), percent
+    hi: float = float("nan")
 
 
 def identification_rate(d: np.ndarray, folds: int = 1000, seed: int = 0,
@@ -269,7 +271,9 @@ def identification_rate(d: np.ndarray, folds: int = 1000, seed: int = 0,
         subjects = rng.integers(0, n, size=(k, n))
         correct = identification_trials(d, subjects.ravel(), rng, n_options).reshape(k, n)
         rates[start:start + k] = correct.mean(axis=1) * 100.0
-    return IdentificationResult(float(rates.mean()), float(rates.std(ddof=1) if folds > 1 else 0.0), folds, n)
+    lo, hi = np.percentile(rates, [2.5, 97.5])
+    return IdentificationResult(float(rates.mean()), float(rates.std(ddof=1) if folds > 1 else 0.0), folds, n,
+                                lo=float(lo), hi=float(hi))
 
 
 def retrieval_ranks(d: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -11,6 +11,7 @@ utility metrics of those two are therefore not meaningful and are reported as su
 """
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
@@ -128,6 +129,71 @@ def face_blur(image: sitk.Image, brain: sitk.Image, seed: int) -> sitk.Image:
     return _same_grid(out, image)
 
 
+def hull_only(image: sitk.Image, brain: sitk.Image, seed: int) -> sitk.Image:
+    """The head's convex hull filled with one tissue value, brain kept: all a silhouette gives away.
+
+    A control, not a method anyone should use: whatever the attack still finds here comes from
+    head size and outline (and the kept brain), not from a face.
+    """
+    from cpmae.envelope import head_mask, hull_of_mask
+
+    arr = sitk.GetArrayFromImage(image)
+    keep = sitk.GetArrayViewFromImage(brain) > 0
+    hull = hull_of_mask(head_mask(arr))
+    fill = np.median(arr[keep]) if keep.any() else np.percentile(arr, 90)
+    out = np.where(keep, arr, np.where(hull, fill, 0)).astype(arr.dtype, copy=False)
+    return _same_grid(out, image)
+
+
+@functools.lru_cache(maxsize=1)
+def _reface_template():
+    """pydeface's averaged head and its face mask (0 on the face), native 1 mm grid."""
+    from cpmae.samples import ensure_sample
+
+    head = sitk.ReadImage(str(ensure_sample("pydeface-mean")), sitk.sitkFloat32)
+    face = sitk.ReadImage(str(ensure_sample("pydeface-facemask")), sitk.sitkFloat32)
+    return head, face
+
+
+def template_reface(image: sitk.Image, brain: sitk.Image, seed: int) -> sitk.Image:
+    """TEMPLATE REFACE (as mri_reface and AFNI's refacer do): the averaged face replaces the subject's.
+
+    pydeface's averaged head is placed on the subject by the brain (the audit's rigid brain
+    registration, then a per-axis scale from the two brains' extents); inside pydeface's face mask
+    every non-brain voxel becomes the template's (intensity-matched), blended over ~2 voxels at
+    the mask's edge; the brain is kept bit-identical.
+    """
+    from scipy import ndimage
+
+    from cpmae.audit import pose
+    from cpmae.intensity import intensity_scale
+
+    ref = pose.reference()
+    t = pose.brain_transform(image, brain, ref)
+    rot, shift = pose.rotation_and_shift(t)
+    framed = sitk.GetArrayFromImage(pose.to_frame(brain, t, ref, sitk.sitkNearestNeighbor)) > 0.5
+    scale = pose.extent(framed) / ref.brain_extent if framed.any() else np.ones(3)
+    # scan point q -> template point c + diag(1/scale) R^T (q - c - t)
+    c = ref.centroid
+    affine = sitk.AffineTransform(3)
+    affine.SetMatrix((np.diag(1.0 / scale) @ rot.T).ravel().tolist())
+    affine.SetCenter((c + shift).tolist())
+    affine.SetTranslation((-shift).tolist())
+    head, face = _reface_template()
+    tmpl = sitk.GetArrayFromImage(sitk.Resample(head, image, affine, sitk.sitkLinear, 0.0, sitk.sitkFloat32))
+    is_face = sitk.GetArrayFromImage(sitk.Resample(face, image, affine, sitk.sitkLinear, 1.0, sitk.sitkFloat32)) < 0.5
+    arr = sitk.GetArrayFromImage(image)
+    keep = sitk.GetArrayViewFromImage(brain) > 0
+    tmpl *= intensity_scale(arr) / intensity_scale(sitk.GetArrayViewFromImage(head))
+    w = np.maximum(ndimage.gaussian_filter(is_face.astype(np.float32), 1.5),
+                   ndimage.binary_erosion(is_face, iterations=2))
+    w[keep] = 0.0
+    mixed = (1.0 - w) * arr.astype(np.float32) + w * tmpl
+    out = _cast_like(mixed, arr)
+    out[keep] = arr[keep]  # bit-identical, whatever the cast did
+    return _same_grid(out, image)
+
+
 def make_cpmae(weights=None, resolution: int = 256, steps: Optional[int] = None, device: str = "auto",
                bundle=None, mask_limits: Optional[dict] = None) -> VolumeFn:
     """CP-MAE (ours): the pipeline remodels all but the brain; weights are loaded once, on first use."""
@@ -180,6 +246,9 @@ register_method("BLURRED", original, blur_rendering, "rendering blurred (render 
 register_method("QUICKSHEAR", quickshear_method, description="quickshear 1.2 with our brain mask, 10 mm buffer")
 register_method("FACE_BLUR", face_blur, description="non-brain head in front of the brain smoothed (8 mm)")
 register_method("SKULL_STRIP", skull_strip, description="brain only")
+register_method("HULL_ONLY", hull_only, description="head's convex hull filled, brain kept (silhouette control)")
+register_method("TEMPLATE_REFACE", template_reface,
+                description="pydeface's averaged face registered onto the subject (mri_reface-like)")
 register_method("CPMAE", make_cpmae(), description="CP-MAE remodeling (ours)")
 
 DEFAULT_METHODS: List[str] = list(METHODS)

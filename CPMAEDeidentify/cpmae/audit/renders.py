@@ -19,7 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 
 VIEWS: Tuple[str, ...] = ("frontal", "profile")
-RENDER_VERSION = "audit-render-1"  # bump when pictures for the same input change
+RENDER_VERSION = "audit-render-2"  # 2: pictures in the brain frame  # bump when pictures for the same input change
 
 RESCAN_ROTATION_DEG = 4.0
 RESCAN_SHIFT_MM = 3.0
@@ -51,8 +51,11 @@ def to_grey(rgb: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(grey), 0, 255).astype(np.uint8)
 
 
-def rescan(image: sitk.Image, rng: np.random.Generator) -> sitk.Image:
-    """The same head as if scanned again: small rigid motion and a gamma/gain intensity change."""
+def rescan(image: sitk.Image, rng: np.random.Generator, brain: Optional[sitk.Image] = None):
+    """The same head as if scanned again: small rigid motion and a gamma/gain intensity change.
+
+    Without ``brain``: the moved image. With it: (moved image, moved brain, the motion as an
+    Euler transform mapping the new scan's points to the old one's)."""
     arr = sitk.GetArrayFromImage(image).astype(np.float32)
     lo, hi = float(arr.min()), float(arr.max())
     if hi > lo:
@@ -67,7 +70,10 @@ def rescan(image: sitk.Image, rng: np.random.Generator) -> sitk.Image:
     angles = np.deg2rad(rng.uniform(-RESCAN_ROTATION_DEG, RESCAN_ROTATION_DEG, 3))
     t.SetRotation(*angles.tolist())
     t.SetTranslation(rng.uniform(-RESCAN_SHIFT_MM, RESCAN_SHIFT_MM, 3).tolist())
-    return sitk.Resample(moved, image, t, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    out = sitk.Resample(moved, image, t, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    if brain is None:
+        return out
+    return out, sitk.Resample(brain, image, t, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8), t
 
 
 def rescan_views(image: sitk.Image, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -133,3 +139,83 @@ class ResultCache:
         with atomic_path(path, suffix=".npz", private=True) as tmp:
             with open(tmp, "wb") as fh:
                 np.savez_compressed(fh, **payload)
+
+
+# ------------------------------------------------------------------ pictures in the brain frame
+SILHOUETTE_STEP = 2  # silhouettes are kept at 2 × the frame's 2 mm: plenty for an overlap score
+
+
+def head_silhouette(volume: np.ndarray, iso: float) -> np.ndarray:
+    """bool [z, y, x]: the head as the skin rendering sees it (same threshold, smoothing, component)."""
+    from scipy import ndimage as ndi
+
+    from cpmae.envelope import fill_holes, largest_component
+    from cpmae.render import SMOOTHING_SIGMA_VOXELS
+
+    field = ndi.gaussian_filter(np.asarray(volume, np.float32), SMOOTHING_SIGMA_VOXELS, truncate=3.0)
+    return fill_holes(largest_component(field > iso))
+
+
+def _coarse(mask: np.ndarray) -> np.ndarray:
+    k = SILHOUETTE_STEP
+    z, y, x = (n // k * k for n in mask.shape)
+    m = mask[:z, :y, :x].reshape(z // k, k, y // k, k, x // k, k)
+    return m.mean(axis=(1, 3, 5)) >= 0.5
+
+
+def frame_pictures(image: sitk.Image, transform, size: int, iso: float, focus=None,
+                   render_filter=None) -> dict:
+    """Everything the attackers see of one head, in the brain frame (``cpmae.audit.pose``).
+
+    ``views`` / ``face_views``: RGB ``[V, H, W, 3]`` of the whole head and of the face region only
+    (the head cut to the frame's fixed face region); ``sil_head`` / ``sil_face``: the head's
+    silhouette (packed bits, 4 mm) in the whole frame and in the face region. ``render_filter``
+    (BLACK, BLURRED) acts on the pictures; a picture that is all black shows no silhouette either.
+    """
+    from cpmae.audit import pose
+
+    ref = pose.reference()
+    focus = ref.focus if focus is None else np.asarray(focus, np.float64)
+    framed = pose.to_frame(image, transform, ref)
+    arr = sitk.GetArrayFromImage(framed)
+    region = ref.face_region()
+    face = sitk.GetImageFromArray(np.where(region, arr, 0.0).astype(np.float32))
+    face.CopyInformation(framed)
+    views = apply_filter(views_of(framed, size, iso, focus), render_filter)
+    face_views = apply_filter(views_of(face, size, iso, focus), render_filter)
+    head = head_silhouette(arr, iso)
+    if not views.any():
+        head = np.zeros_like(head)
+    return {"views": views, "face_views": face_views,
+            "sil_head": np.packbits(_coarse(head)), "sil_face": np.packbits(_coarse(head & region))}
+
+
+def face_features(pictures: dict) -> dict:
+    """dlib embeddings (NaN when no face is found) of the frontal whole-head and face-region pictures."""
+    from cpmae import facerec
+
+    rec = facerec.recognizer()
+    out = {}
+    for key, name in (("views", "emb_head"), ("face_views", "emb_face")):
+        emb = rec.embed(pictures[key][VIEWS.index("frontal")])
+        out[name] = np.full(128, np.nan) if emb is None else np.asarray(emb, np.float64)
+    return out
+
+
+def rescan_transform(transform, motion) -> sitk.Euler3DTransform:
+    """Brain-frame transform of a re-scan: the original's, followed by the inverse of the motion.
+
+    A starting point for registering the re-scan, which then converges in a few iterations.
+    """
+    r_t = np.asarray(transform.GetMatrix()).reshape(3, 3)
+    o_t = np.asarray(transform.TransformPoint((0.0, 0.0, 0.0)))
+    r_m = np.asarray(motion.GetMatrix()).reshape(3, 3)
+    o_m = np.asarray(motion.TransformPoint((0.0, 0.0, 0.0)))
+    rot = r_m.T @ r_t
+    offset = r_m.T @ (o_t - o_m)
+    out = sitk.Euler3DTransform()
+    centre = np.asarray(transform.GetCenter())
+    out.SetCenter(centre.tolist())
+    out.SetMatrix(rot.ravel().tolist())
+    out.SetTranslation((rot @ centre + offset - centre).tolist())
+    return out

@@ -181,16 +181,33 @@ th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.note{color:
 """
 
 
-def _privacy_table(privacy: Dict[str, dict]) -> str:
-    rows = ["<table id='privacy'><tr><th>method</th><th>identification rate % (mean ± s.d.)</th>"
-            "<th>chance %</th><th>scans</th><th>failed scans</th></tr>"]
+def _privacy_table(privacy: Dict[str, dict], attacks: List[dict]) -> str:
+    head = "".join(f"<th>{html.escape(a['attacker'])}<br>{html.escape(a['region'])}</th>" for a in attacks)
+    rows = ["<table id='privacy'><tr><th>method</th>" + head +
+            "<th>faces detected % (whole head)</th><th>faces detected % (face region)</th>"
+            "<th>scans</th><th>failed scans</th></tr>"]
     for name, p in privacy.items():
         failed = len(p.get("failed_scans") or [])
-        rows.append(f"<tr><td>{html.escape(name)}</td><td>{p['identification_mean']:.2f} ± {p['identification_sd']:.2f}"
-                    f"</td><td>{p['chance']:.0f}</td><td>{p['n_subjects']}</td>"
+        cells = []
+        for a in attacks:
+            r = (p.get("attacks") or {}).get(a["key"])
+            cells.append("<td>n/a</td>" if r is None else f"<td>{_fmt_rate(r)}</td>")
+        det = "".join(f"<td>{_fmt_detect(p.get(k))}</td>" for k in ("faces_detected", "faces_detected_face_region"))
+        rows.append(f"<tr><td>{html.escape(name)}</td>{''.join(cells)}{det}<td>{p['n_subjects']}</td>"
                     f"<td class='{'bad' if failed else ''}'>{failed}</td></tr>")
     rows.append("</table>")
     return "\n".join(rows)
+
+
+def _fmt_rate(r: dict) -> str:
+    """Identification rate, percent, with its 95 % bootstrap interval over subjects."""
+    return f"{r['mean']:.0f} [{r['lo']:.0f}–{r['hi']:.0f}]"
+
+
+def _fmt_detect(d: Optional[dict]) -> str:
+    if not d:
+        return "n/a"
+    return f"{d['rate']:.0f} [{d['lo']:.0f}–{d['hi']:.0f}] ({d['found']}/{d['n']})"
 
 
 def _utility_table(summaries: Dict[str, dict], picture_level: Dict[str, bool]) -> str:
@@ -265,12 +282,18 @@ def build_html(results: dict, summaries: Dict[str, dict], grid_png: bytes, curve
 {_skipped(results.get('skipped') or {})}
 
 <h2>Privacy: model-based re-identification</h2>
-{_privacy_table(results['privacy'])}
-<p class="note">For every scan the attacker sees its original face rendering and five renderings made with the
-same method: the scan's own and four of other scans, in random order; it picks the one nearest in its embedding
-(ties broken at random). Identification rate = how often it picks right; chance is 20 %, lower is more private.
-Mean ± s.d. over {settings['folds']} bootstrap folds of the scans. ORIGINAL must be ≈ 100 % and BLACK ≈ 20 %, or the
-attack is broken. RESCAN is the attacker check: a simulated second scan of each original (small head motion,
+{_privacy_table(results['privacy'], results.get('attacks') or [])}
+<p class="note">Identification rate %, mean over {settings['folds']} bootstrap folds of the scans [95 % interval].
+For every scan an attacker sees its original picture and five pictures made with the same method: the scan's own
+and four of other scans, in random order; it picks the one nearest by its own measure (ties broken at random).
+Chance is 20 %, lower is more private. Every picture is taken in a pose fixed to the brain (each scan's brain
+registered rigidly to a reference brain before the cameras are placed), so head pose and position cannot
+identify. Three attackers: the <b>Siamese ResNet</b> below (frontal + profile); a real <b>face recognizer</b>
+(dlib's ResNet embedding, 5-point landmarks, frontal picture; a picture where it finds no face matches nothing);
+and a <b>silhouette</b> attacker who sees only the head's outline (Dice of the head masks). <b>Face region</b>:
+the head cut to the region in front of and below the reference brain (eyes, nose, mouth, chin); <b>whole
+head</b>: everything. <b>Faces detected</b>: frontal pictures in which dlib finds a face [95 % Wilson interval]
+— a remodeled face must still be a face. ORIGINAL must be ≈ 100 % and BLACK ≈ 20 %, or the attack is broken. RESCAN is the attacker check: a simulated second scan of each original (small head motion,
 intensity change, other skin threshold and camera focus); a high rate there shows the attacker recognises people,
 not just identical pictures. The attacker is a Siamese ResNet (plain PyTorch) trained with a batch-hard triplet
 margin loss on {tr['subjects']} subjects disjoint from the evaluated ones ({html.escape(tr['source'])}),
@@ -292,7 +315,7 @@ still head (defacing → 0, remodeling keeps a face → ≈ 1). <b>envelope Dice
 <h2>Face renderings</h2>
 <img alt="render grid" src="{_data_uri(grid_png)}">
 <p class="note">Rows: methods; columns: {', '.join(html.escape(s) for s in grid_subjects)} (frontal and profile).
-Fixed orthographic cameras; every method's picture uses the skin threshold and focus of the original.</p>
+Brain-fixed orthographic cameras (every scan in the pose of the reference brain); every method's picture uses the skin threshold of the original.</p>
 
 <h2>Details</h2>
 <details><summary>per-scan utility</summary>{_per_scan_table(results)}</details>
@@ -306,17 +329,26 @@ def results_csv(results: dict) -> str:
     """One row per (method, scan) with the utility metrics and the method's identification rate."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["method", "scan", *CSV_METRICS, "seconds", "error", "identification_mean", "identification_sd"])
+    keys = [a["key"] for a in results.get("attacks") or []]
+    attack_cols = [f"{k}_{q}" for k in keys for q in ("mean", "lo", "hi")]
+    w.writerow(["method", "scan", *CSV_METRICS, "seconds", "error", "identification_mean", "identification_sd",
+                *attack_cols, "faces_detected_pct", "faces_detected_face_region_pct"])
+
+    def privacy_cells(p):
+        cells = [(p.get("attacks") or {}).get(k, {}).get(q, "") for k in keys for q in ("mean", "lo", "hi")]
+        det = [(p.get(d) or {}).get("rate", "") for d in ("faces_detected", "faces_detected_face_region")]
+        return [p.get("identification_mean", ""), p.get("identification_sd", ""), *cells, *det]
+
     for name, per in results["utility"].items():
         p = results["privacy"].get(name, {})
         for sid, r in per.items():
             m = r.get("metrics") or {}
             w.writerow([name, sid, *["" if m.get(k) is None else m.get(k) for k in CSV_METRICS],
                         "" if r.get("seconds") is None else round(r["seconds"], 3), r.get("error") or "",
-                        p.get("identification_mean", ""), p.get("identification_sd", "")])
+                        *privacy_cells(p)])
     for name, p in results["privacy"].items():
         if name not in results["utility"]:
-            w.writerow([name, "ALL", *[""] * len(CSV_METRICS), "", "", p["identification_mean"], p["identification_sd"]])
+            w.writerow([name, "ALL", *[""] * len(CSV_METRICS), "", "", *privacy_cells(p)])
     return buf.getvalue()
 
 

@@ -105,11 +105,44 @@ def _method_fingerprint(method: Method, settings: AuditSettings, weights_id: str
     return method.name
 
 
+ATTACKS = (  # (key, attacker, region): the privacy table's columns
+    ("siamese_face", "Siamese ResNet", "face region"),
+    ("siamese_head", "Siamese ResNet", "whole head"),
+    ("facerec_face", "face recognizer (dlib)", "face region"),
+    ("facerec_head", "face recognizer (dlib)", "whole head"),
+    ("silhouette_face", "silhouette (Dice)", "face region"),
+    ("silhouette_head", "silhouette (Dice)", "whole head"),
+)
+PICTURE_KEYS = ("views", "face_views", "sil_head", "sil_face", "emb_head", "emb_face")
+
+
+def _pictures(image, transform, settings: AuditSettings, iso: float, focus=None, render_filter=None) -> dict:
+    """All that the attackers see of one head (``renders.frame_pictures`` + dlib embeddings)."""
+    pics = renders.frame_pictures(image, transform, settings.render_size, iso, focus, render_filter)
+    pics.update(renders.face_features(pics))
+    return pics
+
+
+def _filtered(base: dict, render_filter) -> dict:
+    """A picture-level control (BLACK, BLURRED) applied to the original's pictures: the attackers see
+    the filtered pictures; an all-black picture shows no silhouette either."""
+    pics = dict(base)
+    pics["views"] = renders.apply_filter(base["views"], render_filter)
+    pics["face_views"] = renders.apply_filter(base["face_views"], render_filter)
+    if not pics["views"].any():
+        pics["sil_head"] = np.zeros_like(base["sil_head"])
+        pics["sil_face"] = np.zeros_like(base["sil_face"])
+    pics.update(renders.face_features(pics))
+    return pics
+
+
 def evaluate_scans(scans: List[Scan], methods: List[Method], settings: AuditSettings, cache: renders.ResultCache,
                    reporter: Reporter, weights_id: str = ""):
-    """(per method {scan id: {"views": RGB [V,H,W,3], "metrics": {...} | None, "error": str | None}},
-    {scan id: why it was skipped}). An unreadable scan is skipped, not fatal: one bad file among
-    a hundred should not cost the other ninety-nine."""
+    """(per method {scan id: {"views": RGB [V,H,W,3], "face_views", silhouettes, embeddings, "metrics": {...} |
+    None, "error": str | None}}, {scan id: why it was skipped}). An unreadable scan is skipped, not fatal: one
+    bad file among a hundred should not cost the other ninety-nine. Pictures are taken in the brain frame
+    (``pose``): the transform is computed once per scan from its original, whose brain every method keeps."""
+    from cpmae.audit import pose
     from cpmae.audit.utility import reference_for, utility_metrics
 
     extractor = None
@@ -122,11 +155,12 @@ def evaluate_scans(scans: List[Scan], methods: List[Method], settings: AuditSett
 
     out: Dict[str, dict] = {m.name: {} for m in methods}
     skipped: Dict[str, str] = {}
+    blank = None
     with reporter.stage("de-identify, measure, render", len(scans) * len(methods)) as stage:
         for scan in scans:
             ref = None
-            image = brain = None
-            base_views = None
+            image = brain = transform = None
+            base = None
             for method in methods:
                 key = renders.cache_key(renders.file_fingerprint(scan.image),
                                         scan.mask and renders.file_fingerprint(scan.mask),
@@ -135,7 +169,7 @@ def evaluate_scans(scans: List[Scan], methods: List[Method], settings: AuditSett
                 hit = cache.get(key) if settings.cache else None
                 if hit is not None:
                     arrays, record = hit
-                    out[method.name][scan.id] = {"views": arrays["views"], **record}
+                    out[method.name][scan.id] = {**arrays, **record}
                     stage.advance()
                     continue
                 if image is None:
@@ -146,20 +180,21 @@ def evaluate_scans(scans: List[Scan], methods: List[Method], settings: AuditSett
                         reporter.log(f"skipped: {exc}")
                         stage.advance(len(methods) - methods.index(method))
                         break
-                    iso, centre = renders.render_reference(image)
+                    iso, _ = renders.render_reference(image)
+                    transform = pose.brain_transform(image, brain)
                 record = {"metrics": None, "error": None, "seconds": None}
-                views = None
                 t0 = time.perf_counter()
                 try:
                     if method.changes_volume:
                         result = method.volume(image, brain, settings.seed)
-                        views = renders.views_of(result, settings.render_size, iso, centre)
-                    else:  # ORIGINAL and the picture-level controls share the original's pictures
+                        pics = _pictures(result, transform, settings, iso)
+                    else:  # ORIGINAL and the picture-level controls start from the original's pictures
                         result = image
-                        if base_views is None:
-                            base_views = renders.views_of(image, settings.render_size, iso, centre)
-                        views = base_views
-                    views = renders.apply_filter(views, method.render_filter)
+                        if base is None:
+                            base = _pictures(image, transform, settings, iso)
+                        pics = base
+                        if method.render_filter is not None:
+                            pics = _filtered(base, method.render_filter)
                     record["seconds"] = time.perf_counter() - t0
                     if method.render_filter is None:  # utility of a picture-level control is meaningless
                         if ref is None:
@@ -168,10 +203,12 @@ def evaluate_scans(scans: List[Scan], methods: List[Method], settings: AuditSett
                 except Exception as exc:  # one method failing on one scan must not sink the audit
                     record["error"] = f"{type(exc).__name__}: {exc}"
                     reporter.log(f"{scan.id} / {method.name}: {record['error']}")
-                    views = np.zeros((len(renders.VIEWS), settings.render_size, settings.render_size, 3), np.uint8)
-                out[method.name][scan.id] = {"views": views, **record}
+                    if blank is None:
+                        blank = _blank_pictures(settings)
+                    pics = blank
+                out[method.name][scan.id] = {**pics, **record}
                 if record["error"] is None:
-                    cache.put(key, {"views": views}, record)
+                    cache.put(key, {k: pics[k] for k in PICTURE_KEYS}, record)
                 stage.advance()
     for per in out.values():
         for sid in skipped:
@@ -179,16 +216,26 @@ def evaluate_scans(scans: List[Scan], methods: List[Method], settings: AuditSett
     return out, skipped
 
 
+def _blank_pictures(settings: AuditSettings) -> dict:
+    """What a failed method shows the attackers: nothing (black pictures, no silhouette, no face)."""
+    from cpmae.audit import pose
+
+    n = pose.FRAME_SIZE // renders.SILHOUETTE_STEP
+    views = np.zeros((len(renders.VIEWS), settings.render_size, settings.render_size, 3), np.uint8)
+    empty = np.packbits(np.zeros(n ** 3, bool))
+    return {"views": views, "face_views": views, "sil_head": empty, "sil_face": empty,
+            "emb_head": np.full(128, np.nan), "emb_face": np.full(128, np.nan)}
+
+
 # --------------------------------------------------------------------------- stage 2
 def _cohort_seed(cohort_dir: Path) -> int:
-    try:
-        return int(json.loads((cohort_dir / "cohort.json").read_text(encoding="utf-8"))["seed"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0
+    seed = overlap.cohort_seed(cohort_dir)
+    return 0 if seed is None else seed
 
 
 def _training_images(settings: AuditSettings, cohort_dir: Path, evaluated: List[Scan]):
-    """Yield (fingerprint, image) of the attacker's training subjects, disjoint from the evaluated ones."""
+    """Yield (fingerprint, make) of the attacker's training subjects, disjoint from the evaluated ones;
+    ``make()`` returns (image, brain mask)."""
     if settings.train_dir:
         train = discover_scans(settings.train_dir)
         seen = {s.image.resolve() for s in evaluated}
@@ -196,10 +243,9 @@ def _training_images(settings: AuditSettings, cohort_dir: Path, evaluated: List[
         if len(train) < 2:
             raise InputError("the attacker needs at least two training scans not among the evaluated ones",
                              path=settings.train_dir)
-        from cpmae.io import read_image
-
         for s in train[: settings.train_subjects]:
-            yield renders.file_fingerprint(s.image), lambda s=s: read_image(s.image)
+            yield (f"{renders.file_fingerprint(s.image)}|{s.mask and renders.file_fingerprint(s.mask)}",
+                   lambda s=s: _load_scan(s, settings.device))
         return
     from cpmae.cohort import GENERATOR_VERSION, generate_subject
 
@@ -211,30 +257,54 @@ def _training_images(settings: AuditSettings, cohort_dir: Path, evaluated: List[
             subj = generate_subject(index, settings.resolution, seed)
             img = sitk.GetImageFromArray(subj.image.astype(np.float32))
             img.CopyInformation(subj.reference)
-            return img
+            brain = sitk.GetImageFromArray(subj.brain.astype(np.uint8))
+            brain.CopyInformation(subj.reference)
+            return img, brain
 
         yield f"{GENERATOR_VERSION}|{seed}|{index}|{settings.resolution}", make
 
 
+def _rescan_pictures(image, brain, transform, settings: AuditSettings, rng: np.random.Generator,
+                     faces: bool = False) -> dict:
+    """Pictures of a simulated re-scan, re-registered to the brain frame (from a near start)."""
+    from cpmae.audit import pose
+
+    iso, _ = renders.render_reference(image)
+    moved, moved_brain, motion = renders.rescan(image, rng, brain)
+    t = pose.brain_transform(moved, moved_brain, initial=renders.rescan_transform(transform, motion))
+    iso_j = iso * rng.uniform(*renders.RESCAN_ISO_RANGE)
+    focus = pose.reference().focus + rng.normal(0, renders.RESCAN_FOCUS_MM, 3)
+    if faces:
+        return _pictures(moved, t, settings, iso_j, focus)
+    return renders.frame_pictures(moved, t, settings.render_size, iso_j, focus)
+
+
 def training_pictures(settings: AuditSettings, cohort_dir: Path, evaluated: List[Scan],
-                      cache: renders.ResultCache, reporter: Reporter) -> List[np.ndarray]:
-    """Grey pictures ``[train_variants, V, H, W]`` per training subject (index 0 canonical)."""
-    groups = []
+                      cache: renders.ResultCache, reporter: Reporter) -> Dict[str, List[np.ndarray]]:
+    """{"head": [...], "face": [...]}: grey pictures ``[train_variants, V, H, W]`` per training subject
+    (index 0 canonical), of the whole head and of the face region, in the brain frame."""
+    from cpmae.audit import pose
+
+    groups = {"head": [], "face": []}
     with reporter.stage("attacker training pictures", settings.train_subjects) as stage:
         for fingerprint, make in _training_images(settings, cohort_dir, evaluated):
             key = renders.cache_key("train", fingerprint, settings.render_size, settings.train_variants)
             hit = cache.get(key) if settings.cache else None
             if hit is None:
-                image = make()
+                image, brain = make()
                 rng = np.random.default_rng(int(key[:8], 16))  # stable across processes
-                pics = [renders.views_of(image, settings.render_size)]
-                pics += [renders.rescan_views(image, settings.render_size, rng)
+                iso, _ = renders.render_reference(image)
+                transform = pose.brain_transform(image, brain)
+                pics = [renders.frame_pictures(image, transform, settings.render_size, iso)]
+                pics += [_rescan_pictures(image, brain, transform, settings, rng)
                          for _ in range(settings.train_variants - 1)]
-                grey = renders.to_grey(np.stack(pics))
-                cache.put(key, {"grey": grey})
+                head = renders.to_grey(np.stack([p["views"] for p in pics]))
+                face = renders.to_grey(np.stack([p["face_views"] for p in pics]))
+                cache.put(key, {"grey": head, "grey_face": face})
             else:
-                grey = hit[0]["grey"]
-            groups.append(grey)
+                head, face = hit[0]["grey"], hit[0]["grey_face"]
+            groups["head"].append(head)
+            groups["face"].append(face)
             stage.advance()
     return groups
 
@@ -265,47 +335,95 @@ def trained_attacker(groups: List[np.ndarray], settings: AuditSettings, cache_di
 
 
 # --------------------------------------------------------------------------- stage 4
-def privacy_scores(net, evaluated: Dict[str, dict], scan_ids: List[str], rescans: Optional[np.ndarray],
-                   settings: AuditSettings, reporter: Reporter) -> Dict[str, dict]:
-    """Identification rate and retrieval curve per method (queries: the original pictures)."""
-    originals = renders.to_grey(np.stack([evaluated["ORIGINAL"][s]["views"] for s in scan_ids]))
-    q = attack.embed(net, originals)
-    options = {name: renders.to_grey(np.stack([per[s]["views"] for s in scan_ids])) for name, per in evaluated.items()}
+def _unpack(packed: np.ndarray) -> np.ndarray:
+    return np.unpackbits(np.asarray(packed, np.uint8)).astype(bool)
+
+
+def _distances(nets: Dict[str, object], queries: Dict[str, np.ndarray], pics: List[dict]) -> Dict[str, np.ndarray]:
+    """One distance matrix per attack (``ATTACKS``) from the originals (queries) to one method's pictures."""
+    from cpmae.audit import scores
+
+    grey = {"head": renders.to_grey(np.stack([p["views"] for p in pics])),
+            "face": renders.to_grey(np.stack([p["face_views"] for p in pics]))}
+    d = {}
+    for region in ("face", "head"):
+        d[f"siamese_{region}"] = attack.distance_matrix(queries[f"siamese_{region}"],
+                                                        attack.embed(nets[region], grey[region]))
+        d[f"facerec_{region}"] = scores.face_distance_matrix(queries[f"facerec_{region}"],
+                                                             np.stack([p[f"emb_{region}"] for p in pics]))
+        d[f"silhouette_{region}"] = scores.silhouette_distance_matrix(
+            queries[f"silhouette_{region}"], np.stack([_unpack(p[f"sil_{region}"]) for p in pics]))
+    return d
+
+
+def _detection(pics: List[dict], key: str) -> dict:
+    from cpmae.audit import scores
+
+    found = [bool(np.isfinite(np.asarray(p[key], np.float64)).all()) for p in pics]
+    k, n = sum(found), len(found)
+    lo, hi = scores.wilson_interval(k, n)
+    return {"found": k, "n": n, "rate": 100.0 * k / n if n else float("nan"), "lo": 100.0 * lo, "hi": 100.0 * hi}
+
+
+def privacy_scores(nets: Dict[str, object], evaluated: Dict[str, dict], scan_ids: List[str],
+                   rescans: Optional[List[dict]], settings: AuditSettings, reporter: Reporter) -> Dict[str, dict]:
+    """Per method: every attack's identification rate (bootstrap mean, s.d. and 95 % interval over subjects),
+    the face detection rates and the Siamese whole-head retrieval curve. Queries are the original pictures."""
+    originals = [evaluated["ORIGINAL"][s] for s in scan_ids]
+    queries = {
+        "siamese_head": attack.embed(nets["head"], renders.to_grey(np.stack([p["views"] for p in originals]))),
+        "siamese_face": attack.embed(nets["face"], renders.to_grey(np.stack([p["face_views"] for p in originals]))),
+        "facerec_head": np.stack([p["emb_head"] for p in originals]),
+        "facerec_face": np.stack([p["emb_face"] for p in originals]),
+        "silhouette_head": np.stack([_unpack(p["sil_head"]) for p in originals]),
+        "silhouette_face": np.stack([_unpack(p["sil_face"]) for p in originals]),
+    }
+    options = {name: [per[s] for s in scan_ids] for name, per in evaluated.items()}
     if rescans is not None:
         options[RESCAN_CHECK] = rescans
     out = {}
     with reporter.stage("attack", len(options)) as stage:
         for name, pics in options.items():
             failed = [s for s in scan_ids if name in evaluated and evaluated[name][s].get("error")]
-            d = attack.distance_matrix(q, attack.embed(net, pics))
-            ident = attack.identification_rate(d, folds=settings.folds, seed=settings.seed)
-            curve = attack.retrieval_curve(d, folds=min(settings.folds, 500), seed=settings.seed)
-            out[name] = {"identification_mean": ident.mean, "identification_sd": ident.sd, "folds": ident.folds,
-                         "n_subjects": ident.n_subjects, "chance": ident.chance, "retrieval": curve,
-                         "failed_scans": failed}
+            dists = _distances(nets, queries, pics)
+            attacks = {}
+            for key, _, _ in ATTACKS:
+                r = attack.identification_rate(dists[key], folds=settings.folds, seed=settings.seed)
+                attacks[key] = {"mean": r.mean, "sd": r.sd, "lo": r.lo, "hi": r.hi}
+            main = attacks["siamese_head"]
+            curve = attack.retrieval_curve(dists["siamese_head"], folds=min(settings.folds, 500), seed=settings.seed)
+            out[name] = {"identification_mean": main["mean"], "identification_sd": main["sd"],
+                         "folds": settings.folds, "n_subjects": len(scan_ids), "chance": 100.0 / attack.N_OPTIONS,
+                         "attacks": attacks, "faces_detected": _detection(pics, "emb_head"),
+                         "faces_detected_face_region": _detection(pics, "emb_face"),
+                         "retrieval": curve, "failed_scans": failed}
             stage.advance()
     return out
 
 
 def rescan_pictures(scans: List[Scan], settings: AuditSettings, cache: renders.ResultCache,
-                    reporter: Reporter) -> np.ndarray:
-    """Grey pictures of one simulated re-scan of each evaluated original (the attacker check)."""
+                    reporter: Reporter) -> List[dict]:
+    """Pictures of one simulated re-scan of each evaluated original (the attacker check), in the brain frame."""
+    from cpmae.audit import pose
+
     out = []
     with reporter.stage("attacker check pictures", len(scans)) as stage:
         for i, scan in enumerate(scans):
-            key = renders.cache_key("rescan", renders.file_fingerprint(scan.image), settings.render_size, settings.seed)
+            key = renders.cache_key("rescan", renders.file_fingerprint(scan.image),
+                                    scan.mask and renders.file_fingerprint(scan.mask), settings.render_size,
+                                    settings.seed)
             hit = cache.get(key) if settings.cache else None
             if hit is None:
-                from cpmae.io import read_image
-
+                image, brain = _load_scan(scan, settings.device)
                 rng = np.random.default_rng([settings.seed, i, 0x5CA4])
-                grey = renders.to_grey(renders.rescan_views(read_image(scan.image), settings.render_size, rng))
-                cache.put(key, {"grey": grey})
+                pics = _rescan_pictures(image, brain, pose.brain_transform(image, brain), settings, rng, faces=True)
+                pics = {k: pics[k] for k in PICTURE_KEYS}
+                cache.put(key, pics)
             else:
-                grey = hit[0]["grey"]
-            out.append(grey)
+                pics = hit[0]
+            out.append(pics)
             stage.advance()
-    return np.stack(out)
+    return out
 
 
 # --------------------------------------------------------------------------- the run
@@ -358,10 +476,11 @@ def run_audit(cohort_dir, out_dir, settings: Optional[AuditSettings] = None,
         raise InputError(f"only {len(scans)} readable scans (skipped: {'; '.join(skipped.values())}); "
                          f"at least {attack.N_OPTIONS} are needed", path=cohort_dir)
     groups = training_pictures(settings, cohort_dir, scans, cache, reporter)
-    net, training = trained_attacker(groups, settings, cache_dir, reporter)
+    net_head, training = trained_attacker(groups["head"], settings, cache_dir, reporter)
+    net_face, training_face = trained_attacker(groups["face"], settings, cache_dir, reporter)
     rescans = rescan_pictures(scans, settings, cache, reporter)
     ids = [s.id for s in scans]
-    privacy = privacy_scores(net, evaluated, ids, rescans, settings, reporter)
+    privacy = privacy_scores({"head": net_head, "face": net_face}, evaluated, ids, rescans, settings, reporter)
 
     results = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -375,8 +494,11 @@ def run_audit(cohort_dir, out_dir, settings: Optional[AuditSettings] = None,
         "training_overlap": training_overlap,
         "methods": [{"name": m.name, "description": m.description, "picture_level": m.render_filter is not None}
                     for m in methods],
-        "training": {**training, "subjects": len(groups), "variants": settings.train_variants,
+        "training": {**training, "face_region": training_face, "subjects": len(groups["head"]),
+                     "variants": settings.train_variants,
                      "source": settings.train_dir or f"generated cohort subjects {TRAIN_INDEX_START}+"},
+        "attacks": [{"key": k, "attacker": a, "region": r} for k, a, r in ATTACKS],
+        "pose": "brain frame: each scan's brain registered rigidly to pydeface's averaged brain (cpmae.audit.pose)",
         "privacy": privacy,
         "utility": {m.name: {s: {k: evaluated[m.name][s].get(k) for k in ("metrics", "error", "seconds")}
                              for s in ids} for m in methods},

@@ -11,9 +11,10 @@ def register(sub) -> None:
     p = sub.add_parser(
         "audit", help="re-identification attack + brain-preservation audit of de-identification methods",
         description="Apply every method to every scan of a folder (BIDS-like sub-*/anat/*_T1w.nii.gz with "
-        "optional derivatives/*/...desc-brain_mask, or a flat folder of scans), attack the results with a "
-        "Siamese face-rendering network trained on other subjects, measure brain preservation and downstream "
-        "segmentation, and write report.html, results.json and results.csv.")
+        "optional derivatives/*/...desc-brain_mask, or a flat folder of scans), attack the results (pictures "
+        "in a pose fixed to the brain) with a Siamese network trained on other subjects, a face recognizer and "
+        "a silhouette matcher, measure brain preservation and downstream segmentation, and write report.html, "
+        "results.json and results.csv. Exit code 4 when CPMAE's weights were trained on this cohort's seed.")
     p.add_argument("cohort", help="folder of scans to evaluate (at least 5)")
     p.add_argument("--out", required=True, help="report folder (created; its cache/ subfolder speeds up re-runs)")
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
@@ -57,9 +58,13 @@ def run(args) -> int:
     )
     reporter = Reporter(args.progress)
     results = run_audit(args.cohort, args.out, settings, reporter)
+    print(f"{'':<16}identification % (face region / whole head)              faces found %", file=sys.stderr)
+    print(f"{'method':<16}{'Siamese':<15}{'face recognizer':<20}{'silhouette':<18}", file=sys.stderr)
     for name, p in results["privacy"].items():
-        print(f"{name:<12} identification {p['identification_mean']:6.2f} ± {p['identification_sd']:5.2f} %",
-              file=sys.stderr)
+        a = p["attacks"]
+        pair = lambda k: f"{a[k + '_face']['mean']:3.0f} / {a[k + '_head']['mean']:3.0f}"  # noqa: E731
+        print(f"{name:<16}{pair('siamese'):<15}{pair('facerec'):<20}{pair('silhouette'):<18}"
+              f"{p['faces_detected']['rate']:3.0f}", file=sys.stderr)
     print(f"report: {results['paths']['html']}  ({results['timings']['total']:.0f} s)", file=sys.stderr)
     reporter.result(**results["paths"], seconds=results["timings"]["total"])
     return 0
