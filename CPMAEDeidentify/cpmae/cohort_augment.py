@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 #: Nodes per axis of the coarse grid on which the fields are drawn and composed.
-FIELD_NODES = 48
+FIELD_NODES = 96
 #: Scaling-and-squaring steps (velocity divided by 2**steps, then composed with itself).
 SQUARING_STEPS = 6
 

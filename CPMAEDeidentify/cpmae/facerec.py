@@ -28,10 +28,13 @@ LANDMARKS_FILE = "shape_predictor_5_face_landmarks.dat"
 EMBEDDING_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 UPSAMPLE = 1  # one pyramid up-step: faces in 320 px renders are ~190 px, found with or without it
 EMBEDDING_JITTER = 0  # dlib's optional re-sampling; 0 keeps one embedding per picture deterministic
-# Different-person threshold on frontal skin renders (Euclidean embedding distance). Provisional: the
-# face-shape prototype (shared notes, 2026-11-30, AMD EPYC) measured the same head re-rendered at
-# 0.16-0.27 and different real heads at 0.41-0.66; the face cohort's calibration replaces this value.
-DIFFERENT_PERSON_THRESHOLD = 0.40
+# Different-person threshold on frontal skin renders (Euclidean embedding distance), calibrated by
+# bench/bench_cohort.py on 2026-11-30 (AMD EPYC, 2 cores; docs/cohort.md): the same head re-rendered
+# (2 source heads + 4 generated subjects at 128³, each turned ±5° about each axis or with the skin
+# threshold x0.85 / x1.15, 48 pairs) 0.06-0.22 (mean 0.12); different people (the two real source
+# heads 0.57; 8 random MakeHuman heads rendered as meshes, 28 pairs, 0.40-0.67, mean 0.54). The
+# threshold is the midpoint of the largest same-head and the smallest different-person distance.
+DIFFERENT_PERSON_THRESHOLD = 0.30
 
 
 def models_dir() -> Path:

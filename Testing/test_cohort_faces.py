@@ -1,0 +1,127 @@
+"""Random faces for the generated cohort: CC0 face shapes, carried onto the source heads, new people.
+
+The face-recognizer checks (``facerec.DIFFERENT_PERSON_THRESHOLD``, calibrated in docs/cohort.md)
+run on a small 128³ cohort; the two source heads' renders are compared in memory only.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+from cpmae import cohort, faceshape, facerec, facewarp
+from cpmae import cohort_augment as aug
+
+GRID = 128
+
+
+def test_random_faces_are_deterministic_and_differ():
+    a, again, b = (faceshape.random_face_surface(s) for s in (3, 3, 4))
+    assert np.array_equal(a.vertices, again.vertices) and a.params == again.params
+    base = faceshape.base_surface()
+    assert a.vertices.shape == base.vertices.shape and a.triangles.shape[1] == 3
+    # the face (in front of the head joint, above the chin) changes by millimetres between seeds
+    moved = np.linalg.norm(faceshape.normalise_to(a).vertices - faceshape.normalise_to(b).vertices, axis=1)
+    face = base.vertices[:, 1] < base.vertices[:, 1].min() + 60.0
+    assert np.median(moved[face]) > 2.0
+    assert 20.0 <= a.params["age_years"] <= 80.0 and 0.0 <= a.params["male"] <= 1.0
+    # the head is head-sized (mm) and looks towards -y (LPS)
+    extent = np.ptp(base.vertices[~base.is_eye], axis=0)
+    assert 120.0 < extent[1] < 300.0 and 150.0 < extent[2] < 350.0
+
+
+@pytest.mark.parametrize("name", cohort.SOURCES)
+def test_base_face_fits_each_source_head(name):
+    fit = cohort.source_fit(name, GRID)
+    assert fit.residual_mm < 4.0, fit.residual_mm  # median distance of the fitted base face to the skin
+    assert 0.7 < fit.scale < 1.3
+    assert abs(np.linalg.det(fit.rotation) - 1.0) < 1e-6
+    # the base head's nose tip lands in front of the brain
+    placed = fit.place(faceshape.base_surface())
+    assert placed[:, 1].min() < fit.brain_centre[1] - 60.0
+
+
+def test_face_warp_carries_the_skin_onto_the_random_face():
+    """With the global part off, the warped skin lies on the drawn face; the brain is untouched."""
+    for index in (0, 1):
+        warp, params, _, frame = cohort.draw_warp(index, GRID, seed=0, global_part=False, noise_part=False)
+        src = cohort.load_source(params["source"], GRID)
+        out = aug.apply_warp(frame.volumes, warp)
+        assert np.array_equal((out[1] >= 0.75).numpy().astype(np.uint8), src.brain)
+        face = faceshape.normalise_to(faceshape.random_face_surface(params["face"]["face_seed"]))
+        target = frame.fit.place(face)
+        base = frame.fit.place(faceshape.base_surface())
+        rel = target - frame.fit.brain_centre
+        # where the drawn face differs from the base face fitted to the source (nose, lips, chin, brows)
+        changed = (rel[:, 1] < -70.0) & (rel[:, 2] > -80.0) & ~face.is_eye & \
+            (np.linalg.norm(target - base, axis=1) > 4.0)
+        assert changed.sum() > 100
+        before = _surface_points(cohort.head_mask(src.image), src.reference)
+        after = _surface_points((out[1] >= 0.25).numpy(), src.reference)
+        d_before = np.median(cKDTree(before).query(target[changed])[0])
+        d_after = np.median(cKDTree(after).query(target[changed])[0])
+        assert d_after < 3.5, d_after  # under two voxels (2 mm) from the new face
+        assert d_after < 0.75 * d_before, (d_before, d_after)  # measured 3.2 -> 2.1 mm (index 1)
+        assert warp.min_jacobian() > 0.05
+
+
+def _surface_points(mask, reference):
+    mask = np.asarray(mask) > 0
+    skin = mask & ~ndimage.binary_erosion(mask)
+    return facewarp.voxel_to_physical(reference, np.argwhere(skin).astype(float))
+
+
+def test_face_velocity_is_exactly_zero_where_the_brain_weight_is():
+    frame = cohort._source_frame(cohort.SOURCES[1], GRID, 2.0)
+    face = faceshape.normalise_to(faceshape.random_face_surface(7))
+    v, stats = facewarp.face_velocity(frame.fit, face, frame.nodes, frame.brain_ramp)
+    assert v.shape == (3,) + (aug.FIELD_NODES,) * 3
+    assert np.all(v[:, frame.brain_ramp == 0] == 0.0)
+    assert np.abs(v).max() > 5.0  # mm: the face really moves
+    assert stats["face_match_median_mm"] < 2.5
+
+
+@pytest.fixture(scope="module")
+def embeddings():
+    subs = {i: cohort.generate_subject(i, GRID, seed=0) for i in range(4)}
+    emb = {i: cohort.face_embedding(s.image, s.reference) for i, s in subs.items()}
+    src = {n: cohort.face_embedding(cohort.load_source(n, GRID).image, cohort.load_source(n, GRID).reference)
+           for n in cohort.SOURCES}
+    return emb, src
+
+
+def test_generated_faces_are_new_people(embeddings):
+    emb, src = embeddings
+    thr = facerec.DIFFERENT_PERSON_THRESHOLD
+    assert all(e is not None for e in emb.values()), "a generated face must still be found as a face"
+    assert all(e is not None for e in src.values())
+    for i, e in emb.items():
+        for name, s in src.items():
+            assert facerec.distance(e, s) > thr, (i, name, facerec.distance(e, s))
+    for a, b in itertools.combinations(emb, 2):
+        assert facerec.distance(emb[a], emb[b]) > thr, (a, b, facerec.distance(emb[a], emb[b]))
+
+
+def test_identity_metric_separates_same_head_from_other_head(embeddings):
+    """The metric itself: a re-render of the same head (3° turn) is closer than the threshold."""
+    _, src = embeddings
+    s = cohort.load_source(cohort.SOURCES[1], GRID)
+    turned = cohort.face_embedding(s.image, s.reference, (0.0, 0.0, 3.0))
+    assert facerec.distance(turned, src[cohort.SOURCES[1]]) < facerec.DIFFERENT_PERSON_THRESHOLD
+    assert facerec.distance(src[cohort.SOURCES[0]], src[cohort.SOURCES[1]]) > facerec.DIFFERENT_PERSON_THRESHOLD
+
+
+@pytest.mark.slow
+def test_workers_write_the_same_cohort(tmp_path):
+    import SimpleITK as sitk
+
+    one = cohort.write_cohort(tmp_path / "one", 3, resolution=GRID, seed=2, workers=1)
+    two = cohort.write_cohort(tmp_path / "two", 3, resolution=GRID, seed=2, workers=2)
+    for r1, r2 in zip(one, two):
+        for key in ("image", "mask"):
+            a = sitk.GetArrayFromImage(sitk.ReadImage(r1[key]))
+            b = sitk.GetArrayFromImage(sitk.ReadImage(r2[key]))
+            assert np.array_equal(a, b), (r1["subject"], key)
