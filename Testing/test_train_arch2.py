@@ -161,8 +161,8 @@ def test_face_crops_exclude_every_air_code():
     assert cells[:, 1].max() < brain_y
 
 
-def write_tokens2(folder: Path, n: int = 4, token_size: int = 8, seeds=(7,)) -> Path:
-    """Architecture-2 token pairs with occupancy maps, as `cpmae encode` writes them."""
+def write_tokens2(folder: Path, n: int = 4, token_size: int = 8, seeds=(7,), shape: bool = False) -> Path:
+    """Architecture-2 token pairs with occupancy (and face-shape) maps, as `cpmae encode` writes them."""
     (folder / "tokens").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     cases = []
@@ -170,7 +170,8 @@ def write_tokens2(folder: Path, n: int = 4, token_size: int = 8, seeds=(7,)) -> 
         brain = rng.integers(0, 12800, (token_size,) * 3).astype(np.int16)
         nonbrain = ((brain.astype(np.int64) * 7 + i) % 12800).astype(np.int16)
         occ = (rng.random((token_size,) * 3) > 0.5).astype(np.float16)
-        np.savez(folder / "tokens" / f"s{i}.npz", brain=brain, nonbrain=nonbrain, occupancy=occ)
+        extra = {"shape": rng.random((2,) + (token_size,) * 3).astype(np.float16)} if shape else {}
+        np.savez(folder / "tokens" / f"s{i}.npz", brain=brain, nonbrain=nonbrain, occupancy=occ, **extra)
         cases.append({"id": f"s{i}", "file": f"tokens/s{i}.npz"})
     (folder / "manifest.json").write_text(json.dumps({
         "kind": "cpmae-tokens", "resolution": 128, "token_size": token_size, "codebook_size": 12800,
@@ -265,3 +266,38 @@ def test_shape_maps_mark_the_surface_and_what_lies_behind_it():
     assert maps[0, 2:6, 2, 2:6].min() == 1.0 and maps[0][:, [0, 1, 3, 4, 5, 6, 7]].max() == 0
     assert maps[1, 3, :, 3].tolist() == [0, 0, 1, 1, 1, 1, 1, 1]  # behind the face: head
     assert maps[1, 0].max() == 0  # columns the surface does not cross stay 0
+
+
+def test_face_shape_condition_trains_and_is_drawn_at_deidentification(tmp_path, monkeypatch):
+    """A prior with shape_channels trains on pairs carrying shape maps, refuses pairs without them,
+    and at de-identification gets maps of a face drawn from the run's seed (never the patient's)."""
+    from cpmae import conditions
+    from cpmae.errors import InputError
+    from cpmae.pipeline import deidentify
+    from cpmae.weights import load_bundle, save_bundle
+
+    model = dict(TINY2_PRIOR, shape_channels=2)
+    summary = train(prior2_config(write_tokens2(tmp_path / "tok", shape=True), model=model, val_every=4),
+                    tmp_path / "prior")
+    assert np.isfinite(summary["val_nll"])
+    with pytest.raises(InputError, match="condition maps"):
+        train(prior2_config(write_tokens2(tmp_path / "plain"), model=model), tmp_path / "prior-plain")
+
+    calls = []
+
+    def fake_maps(face_seed, brain, reference, factor):
+        calls.append(face_seed)
+        return np.ones((2,) + tuple(s // factor for s in brain.shape), np.float32)
+
+    monkeypatch.setattr(conditions, "face_shape_maps", fake_maps)
+    torch.manual_seed(0)
+    tok = build("tokenizer", dict(TINY2_TOK, in_size=128))
+    prior = build("prior", dict(model, codebook_size=12800, levels=LEVELS, token_size=32))
+    bundle = load_bundle(save_bundle(tmp_path / "shape-128", tok, tok, prior, 128, {"training_data": "none"}), 128)
+    img, mask = phantom_image()
+    res = [deidentify(img, mask, bundle=bundle, steps=1, seed=s, mask_limits={"min_cm3": 1}) for s in (0, 1)]
+    assert calls == [conditions.face_seed_for(0), conditions.face_seed_for(1)] and calls[0] != calls[1]
+    assert res[0].info["face_shape_seed"] == calls[0] and res[0].info["envelope"] is False
+    x, y = sitk.GetArrayFromImage(img), sitk.GetArrayFromImage(res[0].image)
+    b = sitk.GetArrayFromImage(mask) > 0
+    assert x[b].tobytes() == y[b].tobytes()

@@ -86,11 +86,19 @@ def deidentify(image: sitk.Image, mask: Optional[sitk.Image] = None, weights=Non
             xb = torch.from_numpy((x * b / scale).astype(np.float32))[None, None].to(dev)
             brain_tokens = bundle.brain_tokenizer.encode(xb)
             del xb
-        bias, cond = None, None
+        bias, cond, face_shape_seed = None, None, None
         if bundle.architecture >= 2:
             from cpmae.conditions import brain_maps
 
-            cond = torch.from_numpy(brain_maps(b, bundle.nonbrain_tokenizer.cfg.factor))[None].to(dev)
+            factor = bundle.nonbrain_tokenizer.cfg.factor
+            maps = brain_maps(b, factor)
+            if getattr(bundle.prior.cfg, "shape_channels", 0):
+                from cpmae.conditions import face_seed_for, face_shape_maps
+
+                with reporter.stage("face shape"):  # a new face drawn from the CC0 shape model, placed by the brain
+                    face_shape_seed = face_seed_for(seed)
+                    maps = np.concatenate([maps, face_shape_maps(face_shape_seed, b, ref, factor)])
+            cond = torch.from_numpy(maps)[None].to(dev)
         if hull is not None:
             from cpmae.constraints import envelope_logit_bias
 
@@ -129,6 +137,8 @@ def deidentify(image: sitk.Image, mask: Optional[sitk.Image] = None, weights=Non
         "brain_voxels": int(np.count_nonzero(sitk.GetArrayViewFromImage(mask))),
         "changed_voxels": changed,
     }
+    if face_shape_seed is not None:
+        info["face_shape_seed"] = face_shape_seed  # which CC0 face shape the new head was drawn to
     return DeidResult(out, mask, timings, info)
 
 

@@ -70,7 +70,7 @@ def encode_dataset(args) -> Path:
         ids = [c["id"] for c in manifest["cases"] if str(res) in c.get("grids", {})][: source.n_train]
     out = args.out
     (out / "tokens").mkdir(parents=True, exist_ok=True)
-    cases = []
+    cases, with_shape = [], 0
     reporter = Reporter(args.progress)
     with reporter.stage("encode", total=len(ids)) as stage:
         for i, cid in enumerate(ids):
@@ -79,6 +79,10 @@ def encode_dataset(args) -> Path:
             # int16 holds any code of 12,800; occupancy (cpmae.conditions) as float16
             pair = {"brain": brain.astype(np.int16), "nonbrain": nonbrain.astype(np.int16),
                     "occupancy": cond[0].astype(np.float16)}
+            shape = _shape_maps(args, res, i, vol, nonbrain_tok.cfg.factor)
+            if shape is not None:
+                pair["shape"] = shape.astype(np.float16)
+                with_shape += 1
             rel = f"tokens/{cid}.npz"
             tmp = out / "tokens" / f".{cid}.{os.getpid()}.tmp.npz"
             np.savez(tmp, **pair)
@@ -89,9 +93,25 @@ def encode_dataset(args) -> Path:
                 "codebook_size": brain_tok.codebook_size, "levels": list(brain_tok.cfg.levels),
                 "arch": int(brain_tok.cfg.arch), "tokenizers": origin, "data": source.description,
                 "cohort_seeds": [int(args.cohort_seed)] if args.data == "cohort" else [],
+                "shape_maps": with_shape == len(cases) and bool(cases),
                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "cases": cases}
     write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=1) + "\n")
     return out
+
+
+def _shape_maps(args, res: int, index: int, vol, factor: int):
+    """Face-shape maps of a generated subject's own MakeHuman face, placed by its brain like at
+    de-identification (``cpmae.conditions.face_shape_maps``); None without a face seed."""
+    if args.data != "cohort":
+        return None
+    from cpmae.conditions import face_shape_maps, grid_reference
+    from cpmae.geometry import GRIDS
+    from cpmae.train.data import subject_face_seed
+
+    face_seed = subject_face_seed(res, args.cohort_seed, index)
+    if face_seed is None:
+        return None
+    return face_shape_maps(face_seed, vol.brain, grid_reference(vol.brain.shape, GRIDS[res].spacing), factor)
 
 
 def run(args) -> int:

@@ -95,6 +95,7 @@ def cohort_source(resolution: int, seed: int, n_train: int, n_val: int, cache: i
         vol = normalised(subj.image, subj.brain)
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
+            _save_params(folder / f"{index:06d}-params.json", subj.params)  # the face seed, for shape maps
             _save_npy_atomic(brain_path, vol.brain)
             _save_npy_atomic(img_path, vol.image)
         return vol
@@ -135,6 +136,31 @@ def _prefill_one(resolution: int, seed: int, index: int, disk: str) -> None:
 
     torch.set_num_threads(1)
     cohort_source(resolution, seed, index + 1, 0, 1, Path(disk)).train(index)
+
+
+def _save_params(path: Path, params: dict) -> None:
+    try:
+        text = json.dumps(params, default=float)
+    except (TypeError, ValueError):
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def subject_face_seed(resolution: int, seed: int, index: int, disk_cache: Optional[Path] = None) -> Optional[int]:
+    """The MakeHuman face seed of generated subject ``index`` (None for a cohort without faces)."""
+    folder = (Path(disk_cache) if disk_cache is not None else default_disk_cache()) / \
+        f"{_generator_version()}-seed{seed}-{resolution}"
+    path = folder / f"{index:06d}-params.json"
+    if path.is_file():
+        params = json.loads(path.read_text(encoding="utf-8"))
+    else:
+        from cpmae import cohort
+
+        params = cohort.generate_subject(index, resolution, seed).params
+    face = params.get("face") if isinstance(params, dict) else None
+    return int(face["face_seed"]) if isinstance(face, dict) and "face_seed" in face else None
 
 
 def _save_npy_atomic(path: Path, arr: np.ndarray) -> None:

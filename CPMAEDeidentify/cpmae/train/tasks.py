@@ -192,10 +192,20 @@ class PriorTask:
         t = float(rng.random()) if t is None else t
         gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
         noisy, replaced = renoise(target[None], torch.tensor([t]), self.pairs.codebook_size, generator=gen)
+        training = drop is None  # validation passes drop explicitly and keeps every map
         if drop is None:
             drop = rng.random() < self.model_config["cond_dropout"]
-        cond = (torch.zeros((0,) + tuple(target.shape)) if cond is None
-                else torch.from_numpy(np.array(cond, dtype=np.float32)))
+        n_cond = self.model_config.get("cond_channels", 0) + self.model_config.get("shape_channels", 0)
+        if cond is None or self.arch < 2:
+            cond = torch.zeros((0,) + tuple(target.shape))
+        else:
+            if cond.shape[0] < n_cond:
+                raise InputError(f"the prior wants {n_cond} condition maps, the token pairs have {cond.shape[0]} "
+                                 "(face-shape maps come from `cpmae encode` on a cohort with faces)", path=self.cfg.data)
+            cond = torch.from_numpy(np.array(cond[:n_cond], dtype=np.float32))
+            if training and self.model_config.get("shape_channels", 0) and \
+                    rng.random() < self.model_config["shape_dropout"]:
+                cond[self.model_config["cond_channels"]:] = 0  # shape dropout: the prior must also work alone
         if drop:
             brain = torch.full_like(brain, self.pairs.codebook_size)  # the prior's "no condition" index
             cond = torch.zeros_like(cond)

@@ -102,6 +102,8 @@ def folder_pairs(folder: Path, resolution: int, n_train: int, n_val: int) -> Pai
     def load(index: int) -> Pair:
         with np.load(folder / ordered[index]["file"], allow_pickle=False) as z:
             cond = z["occupancy"].astype(np.float32)[None] if "occupancy" in z.files else None
+            if cond is not None and "shape" in z.files:  # face-shape maps follow the brain channel
+                cond = np.concatenate([cond, z["shape"].astype(np.float32)])
             return z["brain"].astype(np.int64), z["nonbrain"].astype(np.int64), cond
 
     desc = f"token dataset {folder.name} ({manifest.get('data', 'unknown data')}): {len(train)} train, {len(val)} held out"
