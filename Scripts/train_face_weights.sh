@@ -8,7 +8,9 @@
 #   --profile tiny  seconds: the CPU smoke test of this script (never ship its weights)
 #
 # usage: Scripts/train_face_weights.sh [--profile gpu|cpu|tiny] [--work DIR] [--out BUNDLE]
-#            [--resolution 128] [--cohort-seed 10] [--eval-seed 11] [--subjects N]
+#            [--resolution 128] [--cohort-seed 10] [--eval-seed 11] [--subjects N] [--init-from BUNDLE]
+# --init-from: a committed architecture-2 bundle whose weights start every stage that has no
+# checkpoint yet (a replaced machine keeps only the repository).
 # The cohort seed is recorded in the bundle manifest (data.cohort_seeds); the audit refuses a
 # cohort with that seed, and --eval-seed (held-out metrics) must differ from it.
 set -euo pipefail
@@ -21,6 +23,7 @@ RES=128
 COHORT_SEED=10
 EVAL_SEED=11
 SUBJECTS=""
+INIT=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --profile) PROFILE="$2"; shift 2 ;;
@@ -30,7 +33,8 @@ while [[ $# -gt 0 ]]; do
     --cohort-seed) COHORT_SEED="$2"; shift 2 ;;
     --eval-seed) EVAL_SEED="$2"; shift 2 ;;
     --subjects) SUBJECTS="$2"; shift 2 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    --init-from) INIT=(--set "init_from=$2"); shift 2 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -39,7 +43,7 @@ done
 PY=${PYTHON:-python}
 [[ -x .venv/bin/python ]] && PY=.venv/bin/python
 CPMAE=("$PY" -m cpmae)
-NICE=()
+NICE=(env)
 VAL=4
 case "$PROFILE" in
   gpu)  N=${SUBJECTS:-600}; WORKERS=$(( $(nproc) > 2 ? $(nproc) - 2 : 1 )); DEV=cuda; THREADS=0
@@ -63,7 +67,7 @@ stamp() { echo "[$(( $(date +%s) - start )) s] $*"; }
 # Stage budgets are totals across resumes (budget_schedule): the lr decays over the whole budget.
 COMMON=(--device "$DEV" --threads "$THREADS" --precision auto --cohort-size "$NTRAIN" --val-subjects "$VAL"
         --checkpoint-every "$CKPT" --log-every 10 --set budget_schedule=true --set cohort_seed="$COHORT_SEED"
-        --steps 10000000 --progress none)
+        --steps 10000000 --progress none ${INIT[@]+"${INIT[@]}"})
 
 stamp "cohort: $N subjects, seed $COHORT_SEED, ${RES}³, $WORKERS worker(s)"
 "${NICE[@]}" "$PY" -c "import sys; from cpmae.train.data import prefill_cohort; \
@@ -92,8 +96,13 @@ if [[ ! -f "$WORK/tokens/manifest.json" ]]; then
     --resolution "$RES" --device "$DEV" --progress none
 fi
 
+# the face-shape condition when the cohort has faces (the token pairs then carry shape maps)
+SHAPE=()
+if "$PY" -c "import json,sys; sys.exit(0 if json.load(open('$WORK/tokens/manifest.json')).get('shape_maps') else 1)"; then
+  SHAPE=(--set model.shape_channels=2)
+fi
 run_stage prior prior --resolution "$RES" --data "$WORK/tokens" --max-minutes "$MIN_PRIOR" \
-  --val-every 1000 "${PRIOR_B[@]}" "${COMMON[@]}"
+  --val-every 1000 "${PRIOR_B[@]}" ${SHAPE[@]+"${SHAPE[@]}"} "${COMMON[@]}"
 
 stamp "export $OUT"
 "${CPMAE[@]}" export "$WORK/tokenizer-brain" "$WORK/tokenizer-nonbrain" "$WORK/prior" --out "$OUT" \

@@ -301,3 +301,29 @@ def test_face_shape_condition_trains_and_is_drawn_at_deidentification(tmp_path, 
     x, y = sitk.GetArrayFromImage(img), sitk.GetArrayFromImage(res[0].image)
     b = sitk.GetArrayFromImage(mask) > 0
     assert x[b].tobytes() == y[b].tobytes()
+
+
+def test_warm_start_from_a_bundle_when_the_run_has_no_checkpoint(tmp_path):
+    """A machine may be replaced between days of work: a run without checkpoints starts from the
+    last committed bundle's weights, and refuses a bundle of another architecture."""
+    from cpmae.errors import InputError
+    from cpmae.weights import load_bundle, save_bundle
+
+    torch.manual_seed(0)
+    tok = build("tokenizer", dict(TINY2_TOK, in_size=128))
+    model = dict(TINY2_PRIOR, codebook_size=12800, levels=LEVELS, token_size=8)
+    prior = build("prior", model)
+    with torch.no_grad():
+        for p in prior.parameters():
+            p.add_(0.25)  # distinguishable from a fresh initialisation
+    bundle = save_bundle(tmp_path / "b", tok, tok, prior, 128, {"training_data": "none"}, half=False)
+    tokens = write_tokens2(tmp_path / "tok")
+    cfg = prior2_config(tokens, steps=0, init_from=str(bundle))
+    train(cfg, tmp_path / "warm")
+    from safetensors.torch import load_file
+
+    got = load_file(str(latest_checkpoint(tmp_path / "warm") / "model.safetensors"))
+    want = load_bundle(bundle, 128).prior.state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    with pytest.raises(InputError, match="another architecture"):
+        train(prior2_config(tokens, steps=0, init_from="demo-128"), tmp_path / "wrong")

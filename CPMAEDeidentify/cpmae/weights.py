@@ -214,6 +214,17 @@ def load_bundle(spec: Optional[Union[str, Path]] = None, resolution: Optional[in
     return Bundle(models["brain_tokenizer"], models["nonbrain_tokenizer"], models["prior"], manifest, path)
 
 
+def component_state(spec: Union[str, Path], name: str) -> tuple:
+    """(config, fp32 state dict) of one component of a bundle, sha256-checked: what a training run
+    warm-starts from when its own checkpoints are gone (only the repository carries over)."""
+    path = resolve_bundle_path(spec)
+    manifest = read_manifest(path)
+    entry = manifest["components"].get(name)
+    if entry is None:
+        raise WeightsError(f"manifest.json lists no {name}", path=path)
+    return dict(entry["config"]), _load_state(path, entry)
+
+
 def save_bundle(out_dir: Union[str, Path], brain_tokenizer: Tokenizer, nonbrain_tokenizer: Tokenizer,
                 prior: torch.nn.Module, resolution: int, meta: Optional[dict] = None, half: bool = True) -> Path:
     """Write a bundle atomically (temp folder, then rename). ``half`` stores fp16 to keep the repo small."""

@@ -61,6 +61,7 @@ class TrainConfig:
     samples_per_subject: int = 1  # consecutive samples (crops) drawn from one subject
     subject_cache: str = "auto"  # generated subjects on disk: auto (~/.cache/cpmae/train-cohort) | none | folder
     val_subjects: int = 2  # held-out subjects, never trained on
+    init_from: str = ""  # weights bundle (folder or shipped name) to start from when the run has no checkpoint
     # model overrides (keys of TokenizerConfig / PriorConfig)
     model: Dict[str, Any] = field(default_factory=dict)
     # bookkeeping

@@ -83,6 +83,20 @@ def peak_rss_mb() -> float:
     return r / 1024.0 / (1024.0 if sys.platform == "darwin" else 1.0)
 
 
+def warm_start(model: torch.nn.Module, cfg: TrainConfig, task) -> None:
+    """Load the matching component of bundle ``cfg.init_from`` into a fresh model (same config)."""
+    from cpmae.models.build import complete
+    from cpmae.weights import component_state
+
+    name = f"{cfg.part}_tokenizer" if cfg.task == "tokenizer" else "prior"
+    config, state = component_state(cfg.init_from, name)
+    kind = "tokenizer" if cfg.task == "tokenizer" else "prior"
+    if complete(kind, config) != complete(kind, task.model_config):
+        raise InputError(f"the {name} of {cfg.init_from} has another architecture or size than this run "
+                         f"(bundle {config}, run {task.model_config})", path=cfg.init_from)
+    C.unwrap(model).load_state_dict(state)
+
+
 def hardware(device: torch.device) -> str:
     """The machine a run trained on, for checkpoints and bundle manifests."""
     if device.type == "cuda":
@@ -180,6 +194,9 @@ def _train(cfg, run_dir, resume, reporter, task, stop_at, info, device, sigterm)
             reporter.log(f"resuming from {ckpt} (step {start})")
         elif resume:
             reporter.log(f"no checkpoint in {run_dir}; starting from step 0")
+        if ckpt is None and cfg.init_from:
+            warm_start(bare, cfg, task)
+            reporter.log(f"weights initialised from {cfg.init_from}")
         if info.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
