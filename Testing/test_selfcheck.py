@@ -95,6 +95,19 @@ def test_changed_brain_voxel_is_flagged(head):
     assert c["checks"]["brain"]["result"] == "flag" and c["checks"]["brain"]["value"] == 1
 
 
+def test_a_face_check_that_cannot_run_is_flagged_not_fatal(head, monkeypatch):
+    x, mask, outputs = head
+
+    def broken(*a, **k):
+        raise RuntimeError("no OpenGL here")
+
+    monkeypatch.setattr(selfcheck, "frontal_renders", broken)
+    c = selfcheck.self_check(x, outputs["REMODELED"], mask)
+    assert set(c["flagged"]) == {"face", "identity"}
+    assert "no OpenGL here" in c["checks"]["face"]["note"]
+    assert c["checks"]["brain"]["result"] == "pass"
+
+
 def test_boundary_step_measures_the_step_across_the_mask():
     brain = np.zeros((8, 8, 8), bool)
     brain[2:6, 2:6, 2:6] = True
