@@ -5,7 +5,8 @@ voxels), so the cameras are fixed whatever the scanner's orientation: *frontal* 
 face from the front (camera at anterior = -y, superior up), *profile* from the subject's right
 side (camera at -x, face to the image's right). The projection is orthographic with a fixed
 ``VIEW_HEIGHT_MM``, so one pixel is the same number of millimetres for every subject and head
-size stays comparable; the cameras aim at the centre of the head (the vertex kept in view, a
+size stays comparable (``STANDARD_VIEWS`` adds the ¾ views, the left profile and the view from
+below: the six cameras of a face check); the cameras aim at the centre of the head (the vertex kept in view, a
 long neck cropped, as in ``cpmae.geometry``'s model frame), and a de-identified copy is rendered
 with its original's centre so the pair stays aligned.
 
@@ -30,27 +31,51 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage as ndi
 
 from cpmae.atomic import atomic_path
-from cpmae.envelope import fill_holes, foreground_threshold, largest_component
 from cpmae.errors import InputError, OutputError
 
-VIEWS = ("frontal", "profile")
-RENDER_SPACING_MM = 2.0  # surfaces at 2 mm: faces stay recognisable and a view costs well under 1 s
-SMOOTHING_SIGMA_VOXELS = 0.7  # removes the staircase of linear resampling without rounding the nose
+# ---------------------------------------------------------------------------------------------
+# The render specification: one source for the CLI, the audit, the review page and the Slicer
+# panel (CPMAEDeidentifyLib.rendering turns it into 3D-view cameras and a transfer function).
+# Importing it needs only numpy and SimpleITK, which Slicer ships.
+# ---------------------------------------------------------------------------------------------
+
+_S = float(np.sqrt(0.5))
+# view -> (camera direction from the focal point towards the camera, view-up), in LPS (x: left,
+# y: posterior, z: superior). "left"/"right" are the SUBJECT's sides.
+CAMERAS = {
+    "frontal": ((0.0, -1.0, 0.0), (0.0, 0.0, 1.0)),  # in front of the face (anterior = -y)
+    "three_quarter_left": ((_S, -_S, 0.0), (0.0, 0.0, 1.0)),  # front-left, 45 degrees
+    "three_quarter_right": ((-_S, -_S, 0.0), (0.0, 0.0, 1.0)),  # front-right, 45 degrees
+    "profile_left": ((1.0, 0.0, 0.0), (0.0, 0.0, 1.0)),  # at the subject's left (left = +x)
+    "profile_right": ((-1.0, 0.0, 0.0), (0.0, 0.0, 1.0)),  # at the subject's right (right = -x)
+    "below": ((0.0, 0.0, -1.0), (0.0, -1.0, 0.0)),  # under the chin, face at the top of the picture
+}
+VIEW_ALIASES = {"profile": "profile_right"}  # the CLI's and the audit's original name
+# the six standard cameras of a face check, in reading order
+STANDARD_VIEWS = ("frontal", "three_quarter_left", "three_quarter_right", "profile_left", "profile_right",
+                  "below")
+VIEWS = ("frontal", "profile")  # default of the CLI and the audit (kept for their outputs)
+ALL_VIEWS = STANDARD_VIEWS + tuple(VIEW_ALIASES)
+VIEW_LABELS = {"frontal": "frontal", "three_quarter_left": "3/4 left", "three_quarter_right": "3/4 right",
+               "profile_left": "left profile", "profile_right": "right profile", "below": "from below",
+               "profile": "right profile"}
 SKIN_ISO_FRACTION = 0.6  # of the air/head Otsu threshold: low enough to keep thin skin (ears, nostrils)
-VIEW_HEIGHT_MM = 256.0  # orthographic: the picture spans this many mm vertically, whatever the head
-VERTEX_MARGIN_MM = 8.0  # air kept above the vertex when a tall scan (long neck) must be cropped
-CAMERA_DISTANCE_MM = 1000.0  # only sets the clipping range with an orthographic camera
 SKIN_RGB = (0.94, 0.77, 0.66)
 BACKGROUND_RGB = (0.0, 0.0, 0.0)
 
-# camera direction (from the focal point towards the camera) and view-up, in LPS
-_CAMERAS = {
-    "frontal": ((0.0, -1.0, 0.0), (0.0, 0.0, 1.0)),  # in front of the face (anterior = -y)
-    "profile": ((-1.0, 0.0, 0.0), (0.0, 0.0, 1.0)),  # at the subject's right (right = -x)
-}
+
+def camera(view: str):
+    """(direction, view-up) in LPS of a view name (aliases accepted)."""
+    _check_view(view)
+    return CAMERAS[VIEW_ALIASES.get(view, view)]
+
+RENDER_SPACING_MM = 2.0  # surfaces at 2 mm: faces stay recognisable and a view costs well under 1 s
+SMOOTHING_SIGMA_VOXELS = 0.7  # removes the staircase of linear resampling without rounding the nose
+VIEW_HEIGHT_MM = 256.0  # orthographic: the picture spans this many mm vertically, whatever the head
+VERTEX_MARGIN_MM = 8.0  # air kept above the vertex when a tall scan (long neck) must be cropped
+CAMERA_DISTANCE_MM = 1000.0  # only sets the clipping range with an orthographic camera
 
 ImageLike = Union[sitk.Image, Tuple[np.ndarray, Sequence[float]]]
 
@@ -113,8 +138,10 @@ def canonical_volume(img: sitk.Image, spacing_mm: float = RENDER_SPACING_MM) -> 
 
 
 def skin_threshold(img: ImageLike) -> float:
-    """Automatic skin iso-value in the image's own intensity unit."""
-    arr = sitk.GetArrayViewFromImage(as_image(img))
+    """Automatic skin iso-value in the image's own intensity unit (a numpy array is accepted)."""
+    from cpmae.envelope import foreground_threshold
+
+    arr = img if isinstance(img, np.ndarray) else sitk.GetArrayViewFromImage(as_image(img))
     return SKIN_ISO_FRACTION * foreground_threshold(arr)
 
 
@@ -126,6 +153,10 @@ class _Skin:
     """
 
     def __init__(self, image: sitk.Image, iso: Optional[float] = None) -> None:
+        from scipy import ndimage as ndi
+
+        from cpmae.envelope import fill_holes, largest_component
+
         self.iso = skin_threshold(image) if iso is None else float(iso)
         canon = canonical_volume(image)
         self.origin = np.asarray(canon.GetOrigin())
@@ -270,7 +301,7 @@ class _Scene:
     def render(self, surface, view: str, centre: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
         from vtkmodules.util.numpy_support import vtk_to_numpy
 
-        direction, up = _CAMERAS[view]
+        direction, up = camera(view)
         self.mapper.SetInputData(surface)
         width, height = int(size[0]), int(size[1])
         self.window.SetSize(width, height)
@@ -305,8 +336,8 @@ def _scene() -> _Scene:
 # ---------------------------------------------------------------------------------------------
 
 def _check_view(view: str) -> None:
-    if view not in _CAMERAS:
-        raise ValueError(f"view must be one of {sorted(_CAMERAS)}, not {view!r}")
+    if view not in CAMERAS and view not in VIEW_ALIASES:
+        raise ValueError(f"view must be one of {', '.join(ALL_VIEWS)}, not {view!r}")
 
 
 def render_views(img: ImageLike, views: Sequence[str] = VIEWS, size: Tuple[int, int] = (320, 320),

@@ -14,10 +14,14 @@ def register(sub) -> None:
     p.add_argument("input", help="scan: .nii/.nii.gz/.nrrd/.mha or a DICOM series folder")
     p.add_argument("out_dir", help="folder for the PNGs (created if missing)")
     p.add_argument("--views", default="frontal,profile",
-                   help="comma-separated views among frontal, profile (default: both)")
+                   help="comma-separated views among frontal, three_quarter_left, three_quarter_right, "
+                   "profile_left, profile_right (alias profile), below, or 'standard' for all six "
+                   "(default: frontal,profile)")
     p.add_argument("--compare", default=None, metavar="OTHER",
                    help="a second scan (e.g. the de-identified output): also write a before/after grid")
     p.add_argument("--size", type=int, default=320, help="picture width and height in pixels (default 320)")
+    p.add_argument("--singles", action="store_true",
+                   help="with --compare: also write each before/after picture as its own PNG")
     p.set_defaults(func=run)
 
 
@@ -32,12 +36,14 @@ def _stem(path: str) -> str:
 def run(args) -> int:
     from cpmae.errors import InputError
     from cpmae.io import read_image
-    from cpmae.render import VIEWS, before_after_figure, render_views, save_png
+    from cpmae.render import ALL_VIEWS, STANDARD_VIEWS, before_after_figure, render_views, save_png
 
     views = tuple(v.strip() for v in args.views.split(",") if v.strip())
-    unknown = [v for v in views if v not in VIEWS]
+    if views == ("standard",):
+        views = STANDARD_VIEWS
+    unknown = [v for v in views if v not in ALL_VIEWS]
     if not views or unknown:
-        raise InputError(f"--views must list some of {', '.join(VIEWS)}; got {args.views!r}")
+        raise InputError(f"--views must list some of {', '.join(ALL_VIEWS)}; got {args.views!r}")
     if not 16 <= args.size <= 4096:
         raise InputError(f"--size must be between 16 and 4096 pixels, got {args.size}")
     size = (args.size, args.size)
@@ -51,7 +57,8 @@ def run(args) -> int:
         other_stem = _stem(args.compare)
         labels = (stem, other_stem) if other_stem != stem else ("before", "after")
         written += before_after_figure(image, other, out_dir / f"{stem}_vs_{other_stem}.png",
-                                       labels=labels, views=views, size=size)
+                                       labels=labels, views=views, size=size,
+                                       singles=bool(getattr(args, "singles", False)))
     for path in written:
         print(f"wrote {path}", file=sys.stderr)
     return 0
