@@ -4,8 +4,15 @@ The engine (torch, deepbet) runs in a child Python so that a crash, a CUDA out-o
 cancel never takes Slicer down and never leaves torch state in Slicer's interpreter. The child
 prints one JSON object per line (``--progress json``); a reader thread queues them and
 ``poll()`` hands them to the callback on the caller's thread, so Qt code may update widgets
-from the callback. ``cancel()`` kills the whole process group (deepbet and torch may start
-helpers of their own).
+from the callback.
+
+Nothing here blocks the caller for long (the panel calls it from Slicer's GUI thread, where
+100 ms is the budget): an optional ``prepare`` step (writing the input volume) and the process
+start run on a worker thread; ``cancel()`` only asks the process *tree* to stop and ``poll()``
+escalates to a kill after a grace period. The tree is collected with psutil (the launcher on
+Windows, deepbet's and torch's helpers, grandchildren that started their own session); without
+psutil the process group (POSIX) or ``taskkill /T`` (Windows) is used. On Windows the child gets
+no console window. No platform-specific signal names: terminate/kill only.
 """
 from __future__ import annotations
 
@@ -13,7 +20,6 @@ import json
 import os
 import queue
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -59,6 +65,23 @@ def engineCommand(*args: str) -> List[str]:
     return [enginePython(), "-m", "cpmae", *args]
 
 
+def gpuQueryJob() -> Optional["JobRunner"]:
+    """``nvidia-smi`` listing name and memory of each GPU, started as a job (it can take
+    seconds); None when there is no nvidia-smi. No torch import in Slicer's process."""
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return None
+    return JobRunner([smi, "--query-gpu=name,memory.total", "--format=csv,noheader"], env=dict(os.environ)).start()
+
+
+def describeGpus(lines: Sequence[str]) -> str:
+    """The panel's device line from nvidia-smi's output lines (none: the CPU note)."""
+    gpus = [line.strip() for line in lines if line.strip()]
+    if gpus:
+        return "GPU: " + "; ".join(gpus)
+    return "No CUDA GPU detected: runs on the CPU (128³ takes about a minute)."
+
+
 @dataclass
 class JobEvent:
     """One progress line from the engine (``kind`` is the JSON ``event`` field) or a plain log line."""
@@ -87,9 +110,72 @@ def parseLine(line: str) -> JobEvent:
     return JobEvent(str(record.get("event", "log")), record)
 
 
+CANCEL_GRACE_S = 3.0  # after terminate(), how long poll() waits before killing what is left
+
+
+def popenOptions(platform: str = os.name) -> dict:
+    """Popen keywords that keep the job out of sight and killable as one tree.
+
+    Windows: no console window per job (``CREATE_NO_WINDOW``) and its own process group;
+    elsewhere a new session, so a signal to the group reaches helpers even without psutil.
+    """
+    if platform == "nt":
+        flags = getattr(subprocess, "CREATE_NO_WINDOW", 0x08000000) | \
+            getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0x00000200)
+        return {"creationflags": flags}
+    return {"start_new_session": True}
+
+
+def processTree(pid: int) -> list:
+    """psutil.Process objects of ``pid`` and all its descendants (children first), or [] if gone."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        return root.children(recursive=True)[::-1] + [root]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def terminateTree(pid: int, kill: bool = False, platform: str = os.name) -> list:
+    """Ask (``kill=False``) or force (``kill=True``) ``pid`` and every descendant to stop.
+
+    Returns the psutil processes signalled (empty without psutil). The whole tree is collected
+    *before* anything is signalled, so a grandchild whose parent dies first is not missed.
+    """
+    try:
+        import psutil
+    except ImportError:
+        _terminateTreeWithoutPsutil(pid, kill, platform)
+        return []
+    procs = processTree(pid)
+    for proc in procs:
+        try:
+            proc.kill() if kill else proc.terminate()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return procs
+
+
+def _terminateTreeWithoutPsutil(pid: int, kill: bool, platform: str) -> None:
+    if platform == "nt":
+        # taskkill ships with Windows and walks the tree itself
+        subprocess.run(["taskkill", "/PID", str(pid), "/T"] + (["/F"] if kill else []), capture_output=True,
+                       creationflags=popenOptions("nt")["creationflags"], check=False)
+        return
+    import signal
+
+    try:
+        os.killpg(pid, signal.SIGKILL if kill else signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 class JobRunner:
     """One engine process: start, poll events, wait, cancel.
 
+    ``prepare()`` (optional) runs on the worker thread before the process starts (e.g. writing
+    the input file); an exception from it fails the job with its message.
     ``onEvent(JobEvent)`` is called from ``poll()``/``wait()`` only, on the caller's thread.
     ``onFinished(runner)`` runs once when the process has ended, before the ``cleanupPaths``
     (files or folders) are removed, whatever the outcome; it is where results are read back.
@@ -98,10 +184,12 @@ class JobRunner:
 
     def __init__(self, command: Sequence[str], onEvent: Optional[Callable[[JobEvent], None]] = None,
                  cleanupPaths: Sequence[Path] = (), env: Optional[dict] = None, cwd: Optional[str] = None,
-                 onFinished: Optional[Callable[["JobRunner"], None]] = None):
+                 onFinished: Optional[Callable[["JobRunner"], None]] = None,
+                 prepare: Optional[Callable[[], None]] = None):
         self.command = [str(c) for c in command]
         self.onEvent = onEvent
         self.onFinished = onFinished
+        self.prepare = prepare
         self.finishError: Optional[str] = None
         self.cleanupPaths = [Path(p) for p in cleanupPaths]
         self.env = env if env is not None else engineEnvironment()
@@ -114,27 +202,43 @@ class JobRunner:
         self._process: Optional[subprocess.Popen] = None
         self._queue: "queue.Queue[Optional[JobEvent]]" = queue.Queue()
         self._threads: List[threading.Thread] = []
+        self._launcher: Optional[threading.Thread] = None
+        self._launchError: Optional[str] = None
+        self._lock = threading.Lock()
         self._cancelRequested = False
+        self._killDeadline: Optional[float] = None
         self._finished = False
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> "JobRunner":
-        kwargs = {}
-        if os.name == "posix":
-            kwargs["start_new_session"] = True  # own process group: cancel kills helpers too
-        else:
-            kwargs["creationflags"] = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)
-        self._process = subprocess.Popen(
-            self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-            env=self.env, cwd=self.cwd, text=True, encoding="utf-8", errors="replace", bufsize=1, **kwargs)
+        """Start on a worker thread and return at once; a failure to start shows up in poll()."""
         self.state = RUNNING
-        self._threads = [
-            threading.Thread(target=self._readStdout, daemon=True),
-            threading.Thread(target=self._readStderr, daemon=True),
-        ]
+        self._launcher = threading.Thread(target=self._launch, daemon=True)
+        self._launcher.start()
+        return self
+
+    def _launch(self) -> None:
+        try:
+            if self.prepare is not None:
+                self.prepare()
+        except Exception as exc:
+            self._launchError = str(exc)
+            return
+        try:
+            with self._lock:
+                if self._cancelRequested:
+                    return
+                self._process = subprocess.Popen(
+                    self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                    env=self.env, cwd=self.cwd, text=True, encoding="utf-8", errors="replace", bufsize=1,
+                    **popenOptions())
+        except OSError as exc:
+            self._launchError = f"could not start the engine ({exc})"
+            return
+        self._threads = [threading.Thread(target=self._readStdout, daemon=True),
+                         threading.Thread(target=self._readStderr, daemon=True)]
         for t in self._threads:
             t.start()
-        return self
 
     def _readStdout(self) -> None:
         for line in self._process.stdout:
@@ -153,27 +257,45 @@ class JobRunner:
     def running(self) -> bool:
         return self.state == RUNNING
 
-    def poll(self) -> bool:
-        """Deliver queued events; finish the job once the process has exited. True while running."""
-        if self._finished:
-            return False
+    @property
+    def pid(self) -> Optional[int]:
+        return self._process.pid if self._process is not None else None
+
+    def _drain(self) -> None:
         while True:
             try:
                 event = self._queue.get_nowait()
             except queue.Empty:
-                break
+                return
             if event is not None:
                 self._deliver(event)
-        if self._process is not None and self._process.poll() is not None:
-            for t in self._threads:
-                t.join(timeout=5)
-            while not self._queue.empty():
-                event = self._queue.get_nowait()
-                if event is not None:
-                    self._deliver(event)
-            self._finish(self._process.returncode)
+
+    def poll(self) -> bool:
+        """Deliver queued events; finish the job once the process has exited. True while running.
+
+        Never blocks for long: safe to call from a GUI timer.
+        """
+        if self._finished:
             return False
-        return True
+        self._drain()
+        if self._launcher is not None and self._launcher.is_alive():
+            return True  # still preparing / starting
+        if self._process is None:  # prepare or Popen failed, or cancelled before the start
+            self.finishError = None if self._cancelRequested else self._launchError
+            self._finish(None)
+            return False
+        if self._process.poll() is None:
+            if self._killDeadline is not None and time.monotonic() > self._killDeadline:
+                self._signalTree(self._process.pid, kill=True)
+                self._killDeadline = None
+            return True
+        if self._cancelRequested:
+            self._signalTree(self._process.pid, kill=True)  # helpers that ignored terminate()
+        for t in self._threads:
+            t.join(timeout=0.02)  # output written just before the exit; never wait on a held pipe
+        self._drain()
+        self._finish(self._process.returncode)
+        return False
 
     def _deliver(self, event: JobEvent) -> None:
         self.events.append(event)
@@ -183,41 +305,47 @@ class JobRunner:
             self.onEvent(event)
 
     def wait(self, timeout: Optional[float] = None, interval: float = 0.05) -> str:
-        """Block until the job ends (delivering events as they come); returns the final state."""
+        """Block until the job ends (delivering events as they come); returns the final state.
+
+        For scripts and the Python console, never for the GUI thread.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.poll():
             if deadline is not None and time.monotonic() > deadline:
-                self.cancel()
+                self.cancel(wait=True)
                 break
             time.sleep(interval)
         return self.state
 
-    def cancel(self, grace: float = 3.0) -> None:
-        """Stop the process group: SIGTERM (the engine removes its temp files), then SIGKILL."""
-        if self._process is None or self._finished:
+    def cancel(self, grace: float = CANCEL_GRACE_S, wait: bool = False) -> None:
+        """Ask the whole process tree to stop; ``poll()`` kills what is left after ``grace`` s.
+
+        Returns at once (GUI thread); ``wait=True`` blocks until the job has finished (scripts,
+        module cleanup). The job ends as CANCELLED and its temp files are removed.
+        """
+        if self._finished:
             return
-        self._cancelRequested = True
-        if self._process.poll() is None:
-            self._signalGroup(signal.SIGTERM)
-            try:
-                self._process.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                self._signalGroup(signal.SIGKILL)
-                self._process.wait()
-        self.poll()
+        with self._lock:
+            self._cancelRequested = True
+            process = self._process
+        if process is not None and process.poll() is None:
+            self._signalTree(process.pid, kill=False, wait=wait)
+            self._killDeadline = time.monotonic() + grace
+        if wait:
+            while self.poll():
+                time.sleep(0.02)
+        else:
+            self.poll()
 
-    def _signalGroup(self, sig) -> None:
-        try:
-            if os.name == "posix":
-                os.killpg(self._process.pid, sig)
-            elif sig == signal.SIGTERM:
-                self._process.terminate()
-            else:
-                self._process.kill()
-        except (ProcessLookupError, PermissionError):
-            pass
+    def _signalTree(self, pid: int, kill: bool, wait: bool = False) -> None:
+        """terminateTree on a thread: listing a process tree reads /proc (or the Windows process
+        table) for every process on the machine, which can take longer than a GUI tick."""
+        thread = threading.Thread(target=terminateTree, args=(pid, kill), daemon=True)
+        thread.start()
+        if wait:
+            thread.join()
 
-    def _finish(self, returncode: int) -> None:
+    def _finish(self, returncode: Optional[int]) -> None:
         self._finished = True
         self.returncode = returncode
         if self._cancelRequested:
@@ -226,11 +354,14 @@ class JobRunner:
             self.state = SUCCEEDED
         else:
             self.state = FAILED
-        for stream in (self._process.stdout, self._process.stderr):
-            try:
-                stream.close()
-            except Exception:
-                pass
+        if self._process is not None and not any(t.is_alive() for t in self._threads):
+            # a reader still blocked on a pipe that a surviving helper holds open would make
+            # close() wait for it: leave such streams to their (daemon) reader
+            for stream in (self._process.stdout, self._process.stderr):
+                try:
+                    stream.close()
+                except Exception:
+                    pass
         try:
             if self.onFinished is not None:
                 self.onFinished(self)

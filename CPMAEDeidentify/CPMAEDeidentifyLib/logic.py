@@ -12,14 +12,17 @@ Console use::
 """
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
 
 from cpmae import errors
-from CPMAEDeidentifyLib import jobs, rendering, segmentation, volumes
+from CPMAEDeidentifyLib import jobs, segmentation, volumes
 from CPMAEDeidentifyLib.context import SlicerContext
 
 EventCallback = Optional[Callable[[jobs.JobEvent], None]]
@@ -71,8 +74,11 @@ class EngineJob:
     def errorMessage(self) -> str:
         message = self.runner.errorMessage()
         # the engine names our private temp files; name the nodes the user knows instead
-        return message.replace(str(self.workDir / "input.nii.gz"), self.inputNode.GetName()).replace(
-            str(self.workDir) + "/", "")
+        # (whatever the platform's separator: the engine prints paths as the OS spells them)
+        message = message.replace(str(self.workDir / "input.nii"), self.inputNode.GetName())
+        for separator in {os.sep, "/"}:
+            message = message.replace(str(self.workDir) + separator, "")
+        return message
 
     def raiseForFailure(self) -> None:
         if self.state in (jobs.SUCCEEDED, jobs.RUNNING, jobs.PENDING):
@@ -104,7 +110,7 @@ class MaskJob(EngineJob):
         import SimpleITK as sitk
 
         try:
-            mask = sitk.ReadImage(str(self.workDir / "mask.nii.gz"))
+            mask = sitk.ReadImage(str(self.workDir / "mask.nii"))
             name = f"{self.inputNode.GetName()} brain mask"
             node = self._addNode(segmentation.addSegmentationFromMask(self.logic.context, mask, self.inputNode, name))
             self.result = MaskResult(node, segmentation.brainVolumeCm3(mask))
@@ -131,7 +137,7 @@ class DeidentifyJob(EngineJob):
 
         inputMatrix = volumes.ijkToRasMatrix(self.inputNode)
         try:
-            image = sitk.ReadImage(str(self.workDir / "output.nii.gz"))
+            image = sitk.ReadImage(str(self.workDir / "output.nii"))
             if image.GetSize() != tuple(self.inputNode.GetImageData().GetDimensions()):
                 raise errors.OutputError(f"the engine returned a {image.GetSize()} grid for a "
                                          f"{self.inputNode.GetImageData().GetDimensions()} input", path=self.outputName)
@@ -146,7 +152,7 @@ class DeidentifyJob(EngineJob):
             if inputDisplay is not None and outputDisplay is not None and inputDisplay.IsA("vtkMRMLScalarVolumeDisplayNode"):
                 outputDisplay.SetAutoWindowLevel(False)
                 outputDisplay.SetWindowLevel(inputDisplay.GetWindow(), inputDisplay.GetLevel())
-            maskPath = self.workDir / "mask-out.nii.gz"
+            maskPath = self.workDir / "mask-out.nii"
             if maskPath.is_file():
                 mask = sitk.ReadImage(str(maskPath))
                 maskNode = None
@@ -170,14 +176,13 @@ class CPMAEDeidentifyLogic:
     def _workDir(self) -> Path:
         return Path(tempfile.mkdtemp(prefix="cpmae-job-", dir=self.tempRoot))
 
-    def _start(self, job: EngineJob, command: List[str], onEvent: EventCallback, waitForCompletion: bool):
+    def _start(self, job: EngineJob, command: List[str], onEvent: EventCallback, waitForCompletion: bool,
+               prepare=None):
+        """Start ``command`` on a worker thread (``prepare`` first writes its inputs there), so
+        the caller (the GUI thread) only pays for copying voxels out of the nodes."""
         job.runner = jobs.JobRunner(command, onEvent=onEvent, cleanupPaths=[job.workDir],
-                                    onFinished=job._finished)
-        try:
-            job.runner.start()
-        except OSError as exc:
-            shutil.rmtree(job.workDir, ignore_errors=True)
-            raise errors.CPMAEError(f"could not start the engine ({exc})", path=command[0]) from exc
+                                    onFinished=job._finished, prepare=prepare)
+        job.runner.start()
         if waitForCompletion:
             job.wait()
         return job
@@ -193,14 +198,11 @@ class CPMAEDeidentifyLogic:
     def computeBrainMask(self, inputNode, waitForCompletion: bool = True, onEvent: EventCallback = None) -> MaskJob:
         """Run deepbet (``cpmae mask``) out of process; ``job.result`` holds the segmentation + cm³."""
         self._checkInput(inputNode)
+        snap = volumes.snapshot(inputNode)  # voxels copied here, on the caller's thread
         job = MaskJob(self, inputNode, self._workDir())
-        try:
-            volumes.writeVolumeNode(inputNode, job.workDir / "input.nii.gz")
-        except Exception:
-            shutil.rmtree(job.workDir, ignore_errors=True)
-            raise
-        command = jobs.engineCommand("mask", str(job.workDir / "input.nii.gz"), str(job.workDir / "mask.nii.gz"))
-        return self._start(job, command, onEvent, waitForCompletion)
+        command = jobs.engineCommand("mask", str(job.workDir / "input.nii"), str(job.workDir / "mask.nii"))
+        return self._start(job, command, onEvent, waitForCompletion,
+                           prepare=lambda: volumes.writeImage(volumes.imageFromSnapshot(snap), job.workDir / "input.nii"))
 
     def maskImage(self, maskNode, inputNode):
         """The user's segmentation/labelmap as a binary mask on the input grid (for ``--mask``)."""
@@ -223,27 +225,106 @@ class CPMAEDeidentifyLogic:
         if device not in ("auto", "cpu", "cuda"):
             raise errors.InputError(f"device must be auto, cpu or cuda, not {device!r}")
         outputName = outputName or f"{inputNode.GetName()}_deidentified"
+        # voxels are copied out of the nodes here (caller's thread: MRML is not thread-safe);
+        # the files are written by the job's worker thread
+        inputs = {"input.nii": volumes.snapshot(inputNode)}
+        if maskNode is not None:
+            inputs["mask.nii"] = self.maskImage(maskNode, inputNode)
         job = DeidentifyJob(self, inputNode, self._workDir(), outputName, showMask)
         work = job.workDir
-        try:
-            volumes.writeVolumeNode(inputNode, work / "input.nii.gz")
-            command = jobs.engineCommand("deidentify", str(work / "input.nii.gz"), str(work / "output.nii.gz"),
-                                         "--mask-out", str(work / "mask-out.nii.gz"), "--progress", "json",
-                                         "--resolution", str(resolution), "--seed", str(int(seed)),
-                                         "--device", device)
-            if maskNode is not None:
-                sitk.WriteImage(self.maskImage(maskNode, inputNode), str(work / "mask.nii.gz"), True)
-                command += ["--mask", str(work / "mask.nii.gz")]
-            if weights:
-                command += ["--weights", str(weights)]
-            if steps:
-                command += ["--steps", str(int(steps))]
-        except Exception:
-            shutil.rmtree(work, ignore_errors=True)
-            raise
-        return self._start(job, command, onEvent, waitForCompletion)
+        command = jobs.engineCommand("deidentify", str(work / "input.nii"), str(work / "output.nii"),
+                                     "--mask-out", str(work / "mask-out.nii"), "--progress", "json",
+                                     "--resolution", str(resolution), "--seed", str(int(seed)),
+                                     "--device", device)
+        if maskNode is not None:
+            command += ["--mask", str(work / "mask.nii")]
+        if weights:
+            command += ["--weights", str(weights)]
+        if steps:
+            command += ["--steps", str(int(steps))]
 
-    def renderFaces(self, beforeNode, afterNode, outputDir, views=("frontal", "profile"), size=(512, 512)):
-        """Before/after skin renderings (shared cameras) as PNGs; returns {key: path}."""
-        return rendering.renderFaceViews(self.context, {"before": beforeNode, "after": afterNode}, outputDir,
-                                         views=views, size=size, cameraNode=beforeNode)
+        def prepare():
+            for name, data in inputs.items():
+                volumes.writeImage(data if isinstance(data, sitk.Image) else volumes.imageFromSnapshot(data), work / name)
+
+        return self._start(job, command, onEvent, waitForCompletion, prepare=prepare)
+
+    def renderFaces(self, beforeNode, afterNode, outputDir, views: Optional[Sequence[str]] = None, size: int = 320,
+                    waitForCompletion: bool = True, onEvent: EventCallback = None) -> "RenderJob":
+        """Before/after face pictures as PNGs with the engine's renderer (``cpmae render``).
+
+        Out of process like every engine call: no render window opens inside Slicer and the
+        scene's volume renderings are left as they are. Both pictures use the *before* scan's
+        threshold and camera. ``views``: default the six standard cameras of ``cpmae.render``.
+        ``job.result``: {"before_<view>"|"after_<view>"|"before_after": path}.
+        """
+        if views is None:
+            from cpmae.render import STANDARD_VIEWS as views  # SimpleITK import only when used
+        for node in (beforeNode, afterNode):
+            self._checkInput(node)
+        snaps = {"before.nii": volumes.snapshot(beforeNode), "after.nii": volumes.snapshot(afterNode)}
+        job = RenderJob(self, beforeNode, self._workDir(), Path(outputDir), tuple(views))
+        work = job.workDir
+        command = jobs.engineCommand("render", str(work / "before.nii"), str(work / "png"),
+                                     "--compare", str(work / "after.nii"), "--views", ",".join(views),
+                                     "--size", str(int(size)), "--singles")
+
+        def prepare():
+            for name, snap in snaps.items():
+                volumes.writeImage(volumes.imageFromSnapshot(snap), work / name)
+
+        return self._start(job, command, onEvent, waitForCompletion, prepare=prepare)
+
+    def changedRegion(self, beforeNode, afterNode, maskNode=None, name: Optional[str] = None):
+        """A new volume |after - before| with the brain (``maskNode``) set to 0: seams and
+        left-over features stand out in a slice view; on the input's geometry."""
+        import slicer
+
+        for node in (beforeNode, afterNode):
+            self._checkInput(node)
+        before = slicer.util.arrayFromVolume(beforeNode).astype(np.float32)
+        after = slicer.util.arrayFromVolume(afterNode).astype(np.float32)
+        if before.shape != after.shape:
+            raise errors.InputError("before and after are not on the same voxel grid", path=afterNode.GetName())
+        difference = np.abs(after - before)
+        if maskNode is not None:
+            import SimpleITK as sitk
+
+            brain = sitk.GetArrayViewFromImage(self.maskImage(maskNode, beforeNode)) > 0
+            difference[brain] = 0
+        node = self.context.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode",
+                                                    name or f"{afterNode.GetName()} change")
+        slicer.util.updateVolumeFromArray(node, difference)
+        volumes.setIjkToRasMatrix(node, volumes.ijkToRasMatrix(beforeNode))
+        node.SetAndObserveTransformNodeID(beforeNode.GetTransformNodeID())
+        node.CreateDefaultDisplayNodes()
+        return node
+
+
+class RenderJob(EngineJob):
+    """``cpmae render --compare``: PNGs moved into the output folder only when all were drawn."""
+
+    def __init__(self, logic, inputNode, workDir: Path, outputDir: Path, views):
+        super().__init__(logic, inputNode, workDir)
+        self.outputDir = outputDir
+        self.views = views
+        self.result: Dict[str, Path] = {}
+
+    def _finished(self, runner: jobs.JobRunner) -> None:
+        if runner.state != jobs.SUCCEEDED:
+            return
+        png = self.workDir / "png"
+        sources = {"before_after": png / "before_vs_after.png"}
+        for view in self.views:
+            sources[f"before_{view}"] = png / f"before_vs_after_before_{view}.png"
+            sources[f"after_{view}"] = png / f"before_vs_after_after_{view}.png"
+        missing = [str(p.name) for p in sources.values() if not p.is_file()]
+        if missing:
+            raise errors.OutputError(f"the renderer did not write {', '.join(missing)}", path=self.outputDir)
+        from cpmae.atomic import ensure_output_dir
+
+        ensure_output_dir(self.outputDir)
+        for key, source in sources.items():
+            target = self.outputDir / f"{key}.png"
+            shutil.move(str(source), str(target))
+            self.result[key] = target

@@ -94,6 +94,19 @@ def useLocalFolder(folder) -> Path:
     return folder
 
 
+def bundleResolution(folder) -> int:
+    """The grid (128 or 256) a bundle was trained for, from its manifest: the panel runs a
+    model at its own resolution, never at one chosen separately."""
+    manifest = useLocalFolder(folder) / "manifest.json"
+    try:
+        resolution = int(json.loads(manifest.read_text(encoding="utf-8"))["resolution"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise WeightsError(f"cannot read the bundle's resolution ({exc})", path=manifest) from exc
+    if resolution not in (128, 256):
+        raise WeightsError(f"unsupported resolution {resolution}", path=manifest)
+    return resolution
+
+
 def localPath(entry: ModelEntry) -> Path:
     if entry.builtin:
         return BUILTIN_WEIGHTS / entry.url[len("builtin:"):]

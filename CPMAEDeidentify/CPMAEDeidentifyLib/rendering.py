@@ -1,76 +1,69 @@
-"""Offscreen before/after face renderings for the Face QA section and for reports.
+"""Face QA in Slicer's 3D views, with the engine's render specification (``cpmae.render``).
 
-A person judges de-identification by looking at the face, so the renderings use a skin-like
-surface transfer function (opaque above the air/skin threshold, warm skin colour, shading)
-and fixed anatomical cameras: frontal (from anterior) and profile (from the patient's left).
-Before and after share one camera, computed from the input volume, so the pictures line up.
+A person judges de-identification by looking at the face, so the panel shows a skin-like
+volume rendering from the same six cameras, skin threshold and colour as ``cpmae render``, the
+audit and the review page: the panel's pictures can be compared with theirs. Cameras are
+converted from the specification's LPS to Slicer's RAS here, once.
 
-The transfer function lives in the volume rendering display node's property node (created by
-Slicer's VolumeRendering logic), so the 3D views of the panel show the same thing; the PNGs
-are drawn by a private offscreen VTK window (EGL or OSMesa without a display) with CPU ray casting.
+Nothing in this module opens a render window: Slicer's own 3D views draw, and the PNG export
+runs ``cpmae render`` out of process (``CPMAEDeidentifyLogic.renderFaces``), so no offscreen
+(EGL/OSMesa) window is ever created inside Slicer and no volume rendering is switched on in a
+view that did not ask for it.
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
+from cpmae import render as spec
 from CPMAEDeidentifyLib import volumes
 
-SKIN_RGB = (0.94, 0.76, 0.64)
-BACKGROUND_RGB = (0.0, 0.0, 0.0)
+LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
+OPACITY_RAMP = 0.2  # opacity goes from 0 to 1 between (1 -/+ ramp) x threshold: a surface, not a fog
 
-# direction from the head centre to the camera (RAS) and the view-up vector
-VIEWS: Dict[str, Tuple[Tuple[float, float, float], Tuple[float, float, float]]] = {
-    "frontal": ((0.0, 1.0, 0.0), (0.0, 0.0, 1.0)),   # from anterior
-    "profile": ((-1.0, 0.0, 0.0), (0.0, 0.0, 1.0)),  # from the patient's left
-}
+
+def cameraRas(view: str) -> Tuple[np.ndarray, np.ndarray]:
+    """(direction from the focal point to the camera, view-up) of a spec view, in RAS."""
+    direction, up = spec.camera(view)
+    return np.asarray(direction) * LPS_TO_RAS, np.asarray(up) * LPS_TO_RAS
 
 
 def skinThreshold(array: np.ndarray) -> float:
-    """Air/skin threshold: a fraction of the robust maximum of the non-zero voxels.
-
-    MRI has no absolute intensity scale; scaling by the 99th percentile makes one transfer
-    function work for T1 heads from different scanners (and for the engine's output, which keeps
-    the input's intensity range).
-    """
-    sample = array[:: max(1, array.shape[0] // 64), :: max(1, array.shape[1] // 64), :: max(1, array.shape[2] // 64)]
-    positive = sample[sample > 0]
-    if positive.size == 0:
-        return 1.0
-    return 0.18 * float(np.percentile(positive, 99))
+    """The specification's automatic skin iso-value of a volume's voxels."""
+    return float(spec.skin_threshold(np.asarray(array)))
 
 
 def configureSkinProperty(volumeProperty, threshold: float) -> None:
-    """Fill a vtkVolumeProperty with the skin-like surface transfer function."""
+    """Fill a vtkVolumeProperty with the skin-like surface transfer function (spec colour)."""
     opacity = volumeProperty.GetScalarOpacity()
     opacity.RemoveAllPoints()
     opacity.AddPoint(-1e9, 0.0)
-    opacity.AddPoint(threshold * 0.8, 0.0)
-    opacity.AddPoint(threshold * 1.2, 0.9)
+    opacity.AddPoint(threshold * (1 - OPACITY_RAMP), 0.0)
+    opacity.AddPoint(threshold * (1 + OPACITY_RAMP), 1.0)
     opacity.AddPoint(1e9, 1.0)
     color = volumeProperty.GetRGBTransferFunction()
     color.RemoveAllPoints()
-    color.AddRGBPoint(-1e9, *SKIN_RGB)
-    color.AddRGBPoint(threshold, *SKIN_RGB)
-    color.AddRGBPoint(threshold * 4, 1.0, 0.9, 0.82)
-    color.AddRGBPoint(1e9, 1.0, 0.9, 0.82)
+    color.AddRGBPoint(-1e9, *spec.SKIN_RGB)
+    color.AddRGBPoint(1e9, *spec.SKIN_RGB)
     gradient = volumeProperty.GetGradientOpacity()
     gradient.RemoveAllPoints()
     gradient.AddPoint(0, 1.0)
     gradient.AddPoint(1e9, 1.0)
     volumeProperty.ShadeOn()
     volumeProperty.SetInterpolationTypeToLinear()
-    volumeProperty.SetAmbient(0.35)
+    volumeProperty.SetAmbient(0.12)
     volumeProperty.SetDiffuse(0.85)
-    volumeProperty.SetSpecular(0.15)
+    volumeProperty.SetSpecular(0.08)
     volumeProperty.SetSpecularPower(12)
 
 
-def showSkinRendering(context, volumeNode, threshold: Optional[float] = None):
-    """Create (or reuse) the node's volume rendering display with the skin transfer function."""
+def showSkinRendering(context, volumeNode, threshold: Optional[float] = None, viewNodeIds: Sequence[str] = ()):
+    """Create (or reuse) the node's volume rendering display with the skin transfer function.
+
+    With ``viewNodeIds`` the rendering is shown in those views only (Face QA's two 3D views);
+    an empty list means every 3D view, Slicer's default.
+    """
     import slicer
 
     logic = context.volumeRenderingLogic
@@ -80,8 +73,19 @@ def showSkinRendering(context, volumeNode, threshold: Optional[float] = None):
     if threshold is None:
         threshold = skinThreshold(slicer.util.arrayFromVolume(volumeNode))
     configureSkinProperty(displayNode.GetVolumePropertyNode().GetVolumeProperty(), threshold)
+    displayNode.RemoveAllViewNodeIDs()
+    for viewNodeId in viewNodeIds:
+        displayNode.AddViewNodeID(viewNodeId)
     displayNode.SetVisibility(True)
     return displayNode
+
+
+def setSkinThreshold(context, volumeNodes, threshold: float) -> None:
+    """Move the skin threshold of the nodes' existing skin renderings (the Face QA slider)."""
+    for node in volumeNodes:
+        displayNode = context.volumeRenderingLogic.GetFirstVolumeRenderingDisplayNode(node)
+        if displayNode is not None:
+            configureSkinProperty(displayNode.GetVolumePropertyNode().GetVolumeProperty(), threshold)
 
 
 def rasBounds(volumeNode) -> np.ndarray:
@@ -92,121 +96,19 @@ def rasBounds(volumeNode) -> np.ndarray:
     return np.ravel(np.column_stack([ras.min(axis=0), ras.max(axis=0)]))
 
 
-class FaceRenderer:
-    """An offscreen render window that draws one volume at a time from fixed face cameras."""
+def aimCamera(cameraNode, volumeNode, view: str, distanceFactor: float = 4.0) -> None:
+    """Point a vtkMRMLCameraNode at the volume's centre from a spec view (parallel projection).
 
-    def __init__(self, size: Tuple[int, int] = (512, 512)):
-        if not os.environ.get("DISPLAY") and os.name == "posix":
-            # no X server: EGL (Mesa or the GPU driver) works headless, VTK's default OSMesa often is absent
-            os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
-        import vtk
-
-        self.renderWindow = vtk.vtkRenderWindow()
-        self.renderWindow.SetOffScreenRendering(1)
-        self.renderWindow.SetSize(*size)
-        self.renderer = vtk.vtkRenderer()
-        self.renderer.SetBackground(*BACKGROUND_RGB)
-        self.renderWindow.AddRenderer(self.renderer)
-        # CPU ray casting: identical pictures with or without a GPU, and on Mesa's software
-        # OpenGL it is ~30x faster than the GPU mapper (0.3 s vs 10 s for a 256² view of a 256³ head)
-        self.mapper = vtk.vtkFixedPointVolumeRayCastMapper()
-        self.mapper.SetAutoAdjustSampleDistances(False)
-        self.mapper.SetImageSampleDistance(1.0)
-        self.volume = vtk.vtkVolume()
-        self.volume.SetMapper(self.mapper)
-        self.renderer.AddVolume(self.volume)
-
-    def render(self, volumeNode, volumeProperty, view: str, bounds: np.ndarray) -> np.ndarray:
-        """RGB uint8 [H, W, 3] of ``volumeNode`` seen from ``view``; ``bounds`` fixes the camera."""
-        import vtk
-        from vtk.util.numpy_support import vtk_to_numpy
-
-        direction, viewUp = VIEWS[view]
-        matrix = vtk.vtkMatrix4x4()
-        volumeNode.GetIJKToRASMatrix(matrix)
-        self.mapper.SetInputData(volumeNode.GetImageData())
-        spacing = min(volumeNode.GetSpacing())
-        self.mapper.SetSampleDistance(0.5 * spacing)
-        self.volume.SetUserMatrix(matrix)
-        self.volume.SetProperty(volumeProperty)
-
-        centre = np.array([(bounds[0] + bounds[1]) / 2, (bounds[2] + bounds[3]) / 2, (bounds[4] + bounds[5]) / 2])
-        radius = 0.5 * float(np.linalg.norm([bounds[1] - bounds[0], bounds[3] - bounds[2], bounds[5] - bounds[4]]))
-        camera = self.renderer.GetActiveCamera()
-        camera.SetParallelProjection(True)
-        camera.SetFocalPoint(*centre)
-        camera.SetPosition(*(centre + 4.0 * radius * np.array(direction)))
-        camera.SetViewUp(*viewUp)
-        camera.SetParallelScale(0.5 * max(bounds[5] - bounds[4], bounds[1] - bounds[0], bounds[3] - bounds[2]) * 1.05)
-        self.renderer.ResetCameraClippingRange(*bounds)
-        self.renderWindow.Render()
-
-        grab = vtk.vtkWindowToImageFilter()
-        grab.SetInput(self.renderWindow)
-        grab.SetInputBufferTypeToRGB()
-        grab.ReadFrontBufferOff()
-        grab.Update()
-        image = grab.GetOutput()
-        width, height, _ = image.GetDimensions()
-        pixels = vtk_to_numpy(image.GetPointData().GetScalars()).reshape(height, width, -1)[:, :, :3]
-        return np.ascontiguousarray(pixels[::-1])  # VTK rows start at the bottom
-
-    def close(self) -> None:
-        self.renderWindow.Finalize()
-
-
-def writePng(pixels: np.ndarray, path) -> Path:
-    """Write an RGB uint8 array as PNG via a temp file in the target folder, then rename."""
-    import vtk
-    from vtk.util.numpy_support import numpy_to_vtk
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    height, width, channels = pixels.shape
-    image = vtk.vtkImageData()
-    image.SetDimensions(width, height, 1)
-    flat = np.ascontiguousarray(pixels[::-1]).reshape(-1, channels)
-    image.GetPointData().SetScalars(numpy_to_vtk(flat, deep=True, array_type=vtk.VTK_UNSIGNED_CHAR))
-    temp = path.with_name(f".{path.stem}.part{os.getpid()}.png")
-    writer = vtk.vtkPNGWriter()
-    writer.SetFileName(str(temp))
-    writer.SetInputData(image)
-    writer.Write()
-    if not temp.is_file() or temp.stat().st_size == 0:
-        raise OSError(f"could not write {path}")
-    os.replace(temp, path)
-    return path
-
-
-def renderFaceViews(context, namedNodes: Dict[str, object], outputDir, views: Iterable[str] = ("frontal", "profile"),
-                    size: Tuple[int, int] = (512, 512), cameraNode=None) -> Dict[str, Path]:
-    """Render each node from each view into ``outputDir/<name>_<view>.png``, plus side-by-side pairs.
-
-    All nodes share the camera and skin threshold computed from ``cameraNode`` (default: the
-    first node, i.e. the input), so before and after are directly comparable.
-    Returns {"<name>_<view>": path, "pair_<view>": path}.
+    Both Face QA views get the same camera from the *input* volume, so before and after line up.
     """
-    import slicer
-
-    names = list(namedNodes)
-    reference = cameraNode if cameraNode is not None else namedNodes[names[0]]
-    bounds = rasBounds(reference)
-    threshold = skinThreshold(slicer.util.arrayFromVolume(reference))
-    renderer = FaceRenderer(size)
-    written: Dict[str, Path] = {}
-    try:
-        for view in views:
-            row = []
-            for name in names:
-                displayNode = showSkinRendering(context, namedNodes[name], threshold)
-                pixels = renderer.render(namedNodes[name], displayNode.GetVolumePropertyNode().GetVolumeProperty(),
-                                         view, bounds)
-                written[f"{name}_{view}"] = writePng(pixels, Path(outputDir) / f"{name}_{view}.png")
-                row.append(pixels)
-            if len(row) > 1:
-                gap = np.full((row[0].shape[0], 8, 3), 255, np.uint8)
-                pair = np.concatenate([part for p in row for part in (p, gap)][:-1], axis=1)
-                written[f"pair_{view}"] = writePng(pair, Path(outputDir) / f"pair_{view}.png")
-    finally:
-        renderer.close()
-    return written
+    bounds = rasBounds(volumeNode)
+    centre = bounds.reshape(3, 2).mean(axis=1)
+    extent = bounds[1::2] - bounds[0::2]
+    radius = 0.5 * float(np.linalg.norm(extent))
+    direction, up = cameraRas(view)
+    cameraNode.SetFocalPoint(*centre)
+    cameraNode.SetPosition(*(centre + distanceFactor * radius * direction))
+    cameraNode.SetViewUp(*up)
+    cameraNode.SetParallelProjection(True)
+    cameraNode.SetParallelScale(0.5 * float(extent.max()) * 1.05)
+    cameraNode.ResetClippingRange()

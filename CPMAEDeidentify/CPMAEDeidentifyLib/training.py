@@ -32,13 +32,9 @@ class TrainingSettings:
     device: str = "auto"
 
 
-def readLoss(runFolder: Path) -> List[tuple]:
-    """(step, loss) pairs of a run so far; tolerant of a line being written right now."""
-    path = Path(runFolder) / "metrics.jsonl"
+def _parseLoss(lines) -> List[tuple]:
     points = []
-    if not path.is_file():
-        return points
-    for line in path.read_text(errors="replace").splitlines():
+    for line in lines:
         try:
             record = json.loads(line)
         except ValueError:
@@ -48,9 +44,51 @@ def readLoss(runFolder: Path) -> List[tuple]:
     return points
 
 
+def readLoss(runFolder: Path) -> List[tuple]:
+    """(step, loss) pairs of a run so far (whole file; see ``LossTail`` for the live curve)."""
+    path = Path(runFolder) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return _parseLoss(path.read_text(encoding="utf-8", errors="replace").splitlines())
+
+
+class LossTail:
+    """The live loss curve of one run, reading only what was appended since the last call.
+
+    The panel polls every 100 ms for hours; re-reading a growing ``metrics.jsonl`` each time
+    would grow with the run. A half-written last line is kept until its newline arrives.
+    """
+
+    def __init__(self, runFolder: Path):
+        self.path = Path(runFolder) / "metrics.jsonl"
+        self.points: List[tuple] = []
+        self._offset = 0
+        self._partial = b""
+
+    def read(self) -> List[tuple]:
+        try:
+            size = self.path.stat().st_size
+        except OSError:
+            return self.points
+        if size < self._offset:  # the file was replaced (a fresh run): start over
+            self.points, self._offset, self._partial = [], 0, b""
+        if size > self._offset:
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                chunk = f.read(size - self._offset)
+            self._offset += len(chunk)
+            data = self._partial + chunk
+            lines = data.split(b"\n")
+            self._partial = lines.pop()  # b"" after a complete line
+            self.points += _parseLoss(line.decode("utf-8", errors="replace") for line in lines)
+        return self.points
+
+
 def listCheckpoints(outputFolder) -> List[Path]:
     """Complete checkpoints of every run under the output folder, oldest first per run."""
     found = []
+    if not outputFolder:
+        return found
     for name, _ in STAGES:
         folder = Path(outputFolder) / name / "checkpoints"
         if folder.is_dir():
@@ -95,6 +133,7 @@ class TrainingSession:
         self.runner: Optional[jobs.JobRunner] = None
         self.state = jobs.PENDING
         self.error = ""
+        self._tail: Optional[LossTail] = None
 
     def runFolder(self, stage: int) -> Path:
         return Path(self.settings.outputFolder) / STAGES[stage][0]
@@ -116,6 +155,7 @@ class TrainingSession:
         self.runner = jobs.JobRunner(trainCommand(self.settings, self.stage, resumeThis), onEvent=self.onEvent)
         self.runner.start()
         self.state = jobs.RUNNING
+        self._tail = LossTail(self.runFolder(self.stage))
 
     def poll(self) -> bool:
         """Deliver progress; start the next stage when one succeeds. True while training."""
@@ -132,10 +172,25 @@ class TrainingSession:
             self.error = self.runner.errorMessage()
         return False
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = False) -> None:
+        """Stop the running stage (its last complete checkpoint survives); returns at once
+        unless ``wait`` (the process tree is killed after a grace period by ``poll``/``wait``)."""
         if self.runner is not None:
-            self.runner.cancel()
+            self.runner.cancel(wait=wait)
         self.state = jobs.CANCELLED
 
+    def pollStop(self) -> bool:
+        """After ``stop()``: True while the stopped stage's processes are still going away."""
+        return self.runner is not None and self.runner.poll()
+
     def lossCurve(self) -> List[tuple]:
-        return readLoss(self.runFolder(self.stage))
+        """The current stage's curve, read incrementally (cheap enough for a 100 ms timer)."""
+        if self._tail is None:
+            self._tail = LossTail(self.runFolder(self.stage))
+        return self._tail.read()
+
+
+def exportJob(brainRun, nonbrainRun, priorRun, bundleFolder,
+              onEvent: Optional[Callable[[jobs.JobEvent], None]] = None) -> jobs.JobRunner:
+    """``cpmae export`` as a started job: poll it from a timer, never wait on the GUI thread."""
+    return jobs.JobRunner(exportCommand(brainRun, nonbrainRun, priorRun, bundleFolder), onEvent=onEvent).start()

@@ -53,9 +53,15 @@ def applyGeometryToImage(image, ijkToRas: np.ndarray) -> None:
     image.SetOrigin([float(o) for o in RAS_TO_LPS @ ijkToRas[:3, 3]])
 
 
-def imageFromVolumeNode(node):
-    """SimpleITK copy of a scalar volume node's voxels and geometry (LPS)."""
-    import SimpleITK as sitk
+def snapshot(node):
+    """(voxels [k, j, i], IJK-to-RAS, image data) of a scalar volume node: what a job needs.
+
+    Taken on the caller's thread (MRML is not thread-safe) and without copying the voxels (a
+    256³ copy alone can cost the GUI thread 100-200 ms on a busy machine): the array is a view
+    of the node's vtkImageData, which the snapshot holds a reference to, so the buffer stays
+    valid even if the node gets new image data meanwhile. Turning it into an image and writing
+    it happen on the job's worker thread (``imageFromSnapshot``), within a second of the click.
+    """
     import slicer
 
     name = node.GetName() if node is not None else None
@@ -67,16 +73,37 @@ def imageFromVolumeNode(node):
     array = slicer.util.arrayFromVolume(node)
     if array.ndim != 3 or min(array.shape) < 2:
         raise InputError(f"the volume is not a 3D image (shape {array.shape})", path=name)
+    return array, ijkToRasMatrix(node), node.GetImageData()
+
+
+def imageFromSnapshot(snap):
+    """SimpleITK image (LPS geometry) of a ``snapshot``; thread-safe."""
+    import SimpleITK as sitk
+
+    array, matrix = snap[0], snap[1]
     image = sitk.GetImageFromArray(np.ascontiguousarray(array))
-    applyGeometryToImage(image, ijkToRasMatrix(node))
+    applyGeometryToImage(image, matrix)
     return image
 
 
-def writeVolumeNode(node, path) -> None:
-    """Write a volume node for the engine (NIfTI through SimpleITK, geometry in LPS)."""
+def imageFromVolumeNode(node):
+    """SimpleITK copy of a scalar volume node's voxels and geometry (LPS)."""
+    return imageFromSnapshot(snapshot(node))
+
+
+def writeImage(image, path) -> None:
+    """Write an image for the engine (NIfTI through SimpleITK, geometry in LPS); thread-safe.
+
+    Job files are private and short-lived: ``.nii`` (no gzip) keeps writing and reading them
+    fast, ``.nii.gz`` is compressed."""
     import SimpleITK as sitk
 
-    sitk.WriteImage(imageFromVolumeNode(node), str(path), True)
+    sitk.WriteImage(image, str(path), str(path).endswith(".gz"))
+
+
+def writeVolumeNode(node, path) -> None:
+    """Write a volume node for the engine (reads the node: caller's thread only)."""
+    writeImage(imageFromVolumeNode(node), path)
 
 
 def addVolumeNodeFromImage(scene, image, name: str, className: str = "vtkMRMLScalarVolumeNode",

@@ -110,7 +110,7 @@ def test_cancelled_mask_job_leaves_no_node_and_no_file(logic, context, head_node
     job = logic.computeBrainMask(head_node, waitForCompletion=False)
     time.sleep(1.5)  # the engine is importing torch / running deepbet
     assert job.running
-    job.cancel()
+    job.runner.cancel(wait=True)
     assert job.state == jobs.CANCELLED and job.result is None
     assert context.scene.GetNumberOfNodes() == nodes
     assert _leftovers(logic.tempRoot) == []
@@ -144,10 +144,10 @@ def test_remodel_makes_a_new_node_keeps_the_brain_and_leaves_the_input_alone(log
     assert any(e.kind == "progress" for e in events) and any(e.kind == "result" for e in events)
     assert _leftovers(logic.tempRoot) == []
     # before/after face renderings differ where the face is
-    pngs = logic.renderFaces(head_node, out, tmp_path / "qa", size=(192, 192))
+    pngs = logic.renderFaces(head_node, out, tmp_path / "qa", views=("frontal", "profile_right"), size=192).result
     from test_rendering import face_difference, read_png
 
-    for view in ("frontal", "profile"):
+    for view in ("frontal", "profile_right"):
         a, b = read_png(pngs[f"before_{view}"]), read_png(pngs[f"after_{view}"])
         assert a.mean() > 5 and b.mean() > 5
         assert face_difference(a, b, view) > 2.0
@@ -164,7 +164,7 @@ def test_cancelled_remodel_leaves_no_node_and_no_file(logic, context, head_node,
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert job.running, f"finished before it could be cancelled: {job.state}"
-    job.cancel()
+    job.runner.cancel(wait=True)
     assert job.state == jobs.CANCELLED and job.outputNode is None
     assert _volume_nodes(context.scene) == nodes and context.scene.GetNumberOfNodes() == count
     assert _leftovers(logic.tempRoot) == []

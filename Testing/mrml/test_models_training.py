@@ -114,7 +114,13 @@ def test_training_session_stop_kills_the_running_stage(tmp_path, monkeypatch):
             break
         __import__("time").sleep(0.05)
     assert session.state == jobs.RUNNING and events[0].data["stage"] == "train"
-    session.stop()
+    t0 = __import__("time").monotonic()
+    session.stop()  # returns at once (the panel's GUI thread); the timer sees the process go
+    assert __import__("time").monotonic() - t0 < 0.1
+    deadline = __import__("time").monotonic() + 15
+    while session.pollStop():
+        assert __import__("time").monotonic() < deadline
+        __import__("time").sleep(0.05)
     assert session.state == jobs.CANCELLED and not session.runner.running
     assert not session.poll()
 

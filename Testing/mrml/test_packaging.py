@@ -1,4 +1,4 @@
-"""Static checks of what only a real Slicer build would otherwise catch: the .ui, CMake, .s4ext.
+"""Static checks of what only a real Slicer build would otherwise catch: the .ui, CMake, the index .json.
 
 The panel itself needs Qt (desktop Slicer only, see the self-test); these tests make sure the
 pieces it is assembled from agree with each other.
@@ -24,7 +24,9 @@ QT_WIDGETS = {"QWidget", "QLabel", "QPushButton", "QComboBox", "QSpinBox", "QDou
 # widget class -> parameter types its parameterNodeWrapper connector accepts (Slicer's guiConnectors.py)
 CONNECTORS = {
     "QSpinBox": {"int"}, "QSlider": {"int"}, "QDoubleSpinBox": {"float"}, "ctkSliderWidget": {"float"},
-    "QCheckBox": {"bool"}, "QLineEdit": {"str"}, "ctkPathLineEdit": {"pathlib.Path"},
+    "QCheckBox": {"bool"}, "QLineEdit": {"str"},
+    # pathlib.Path: Slicer's own connector; str: the module's (CPMAEDeidentify.registerPathConnector)
+    "ctkPathLineEdit": {"pathlib.Path", "str"},
     "QComboBox": {"choice"}, "qMRMLNodeComboBox": {"node"},
 }
 
@@ -160,27 +162,25 @@ def test_engine_files_in_git_are_covered_by_the_cmake_globs():
         assert any(fnmatch(relative, p) for p in patterns), f"{relative} would not be installed by CMake"
 
 
-def test_s4ext_agrees_with_the_cmake_extension_variables():
+def test_extensions_index_json_agrees_with_the_cmake_extension_variables():
+    """The Extensions Index takes one <name>.json per extension (catalog item schema 1.0.0); the
+    rest of the description (homepage, icon, screenshots, text) comes from CMakeLists.txt."""
+    import json
+
     cmake = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
     assert re.search(r"^project\(CPMAE\)", cmake, re.M)
     variables = dict(re.findall(r'set\(EXTENSION_(\w+) "?(.*?)"?\)\s*$', cmake, re.M))
-    s4ext = {}
-    for line in (REPO / "CPMAE.s4ext").read_text(encoding="utf-8").splitlines():
-        if line.strip() and not line.startswith("#"):
-            key, _, value = line.partition(" ")
-            s4ext[key] = value.strip()
-    pairs = {"HOMEPAGE": "homepage", "CATEGORY": "category", "CONTRIBUTORS": "contributors",
-             "DESCRIPTION": "description", "ICONURL": "iconurl", "SCREENSHOTURLS": "screenshoturls",
-             "DEPENDS": "depends", "BUILD_SUBDIRECTORY": "build_subdirectory"}
-    for cmake_key, s4_key in pairs.items():
-        assert variables[cmake_key] == s4ext[s4_key], f"EXTENSION_{cmake_key} != {s4_key}"
-    assert variables["CATEGORY"] in ("Neuroimaging", "Image Synthesis")
-    assert variables["DEPENDS"] == "PyTorch"
+    entry = json.loads((REPO / "CPMAE.json").read_text(encoding="utf-8"))
+    assert entry["$schema"].endswith("slicer-extension-catalog-item-schema-v1.0.0.json#")
+    assert set(entry) == {"$schema", "build_dependencies", "build_subdirectory", "category", "scmrevision", "scmurl"}
+    assert entry["category"] == variables["CATEGORY"] in ("Neuroimaging", "Image Synthesis")
+    assert entry["build_dependencies"] == variables["DEPENDS"].split() == ["PyTorch"]
+    assert entry["build_subdirectory"] == variables["BUILD_SUBDIRECTORY"]
+    assert entry["scmurl"].endswith(".git") and variables["HOMEPAGE"].startswith(entry["scmurl"][:-4])
+    assert not list(REPO.glob("*.s4ext")), "the index no longer reads .s4ext files: one description only"
     # pictures the URLs point to exist in the repository (path after the branch name)
     for url in [variables["ICONURL"], *variables["SCREENSHOTURLS"].split()]:
         local = REPO / url.split("/main/", 1)[1]
-        if "Screenshots" in url and not local.is_file():
-            pytest.skip("screenshots need trained weights (Resources/make_pictures.py)")
         assert local.is_file(), url
 
 
