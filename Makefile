@@ -10,7 +10,13 @@ TORCH_SPEC ?= torch==2.13.0
 SLICER_SPEC ?= trame-slicer[standalone]==2.0.0
 DEMO_OUT ?= out/demo
 
-.PHONY: demo test bench setup clean-venv
+.PHONY: demo test bench setup clean-venv system-deps
+
+# Debian packages the tests need: an X server for the Slicer panel test (Testing/panel) and the
+# X libraries PySide6's xcb platform plugin loads. Installed only when one is missing (idempotent).
+SYSTEM_PACKAGES := xvfb xauth libxcb-cursor0 libxkbcommon-x11-0 libxcb-icccm4 libxcb-keysyms1 libxcb-image0 \
+	libxcb-render-util0 libxcb-randr0 libxcb-shape0 libxcb-xfixes0 libxcb-xkb1 libxcb-sync1 libxcb-shm0 \
+	libxrender1 libfontconfig1 libdbus-1-3 libegl1 libgl1
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,7 +30,15 @@ setup: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/cpmae demo --out $(DEMO_OUT)
 
-test: $(VENV)/.installed
+system-deps:
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \
+		grep -q "install ok installed" || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages for the tests: $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+test: $(VENV)/.installed system-deps
 	$(VENV)/bin/cpmae fetch-samples
 	$(PY) -m pytest Testing -q
 

@@ -6,10 +6,9 @@ under pytest), and the engine (``cpmae``: torch, deepbet) always runs in a separ
 """
 import logging
 import pathlib
-import shutil
-import subprocess
 from typing import Annotated, Optional, Union
 
+import ctk
 import qt
 import slicer
 import vtk
@@ -28,9 +27,11 @@ from slicer.util import VTKObservationMixin
 from CPMAEDeidentifyLib import jobs, models, training
 from CPMAEDeidentifyLib.context import SlicerContext
 from CPMAEDeidentifyLib.logic import CPMAEDeidentifyLogic as EngineLogic
-from CPMAEDeidentifyLib.logic import MaskJob
+from CPMAEDeidentifyLib.logic import MaskJob, RenderJob
 
 POLL_INTERVAL_MS = 100
+LOSS_NODE_NAMES = (("vtkMRMLTableNode", "CPMAE training loss"), ("vtkMRMLPlotSeriesNode", "CPMAE loss"),
+                   ("vtkMRMLPlotChartNode", "CPMAE loss chart"), ("vtkMRMLPlotViewNode", "CPMAE loss view"))
 
 
 #
@@ -55,6 +56,7 @@ class CPMAEDeidentify(ScriptedLoadableModule):
             "Sample heads: MRHead (Slicer sample data) and pydeface's averaged head (MIT licence).")
         # Sample Data registration needs the application fully started
         slicer.app.connect("startupCompleted()", registerSampleData)
+        registerPathConnector()
 
 
 def registerSampleData() -> None:
@@ -69,6 +71,55 @@ def registerSampleData() -> None:
     SampleData.SampleDataLogic.registerCustomSampleDataSource(thumbnailFileName=icon, **AVERAGED_HEAD)
 
 
+_pathConnectorRegistered = False
+
+
+def registerPathConnector() -> None:
+    """Bind a ctkPathLineEdit to a ``str`` parameter ("" = nothing chosen).
+
+    Slicer's own connector wants a ``pathlib.Path``, whose default ``Path()`` shows "." in an
+    empty field (and "." is a real folder: the working directory). The wrapper's documented
+    extension point (``parameterNodeGuiConnector``) adds this one.
+    """
+    global _pathConnectorRegistered
+    if _pathConnectorRegistered:
+        return
+    from slicer.parameterNodeWrapper.guiConnectors import GuiConnector, parameterNodeGuiConnector
+    from slicer.parameterNodeWrapper.util import unannotatedType
+
+    @parameterNodeGuiConnector
+    class CtkPathLineEditToStrConnector(GuiConnector):
+        @staticmethod
+        def canRepresent(widget, datatype) -> bool:
+            return type(widget) == ctk.ctkPathLineEdit and unannotatedType(datatype) == str
+
+        @staticmethod
+        def create(widget, datatype):
+            return CtkPathLineEditToStrConnector(widget) if CtkPathLineEditToStrConnector.canRepresent(
+                widget, datatype) else None
+
+        def __init__(self, widget):
+            super().__init__()
+            self._widget = widget
+
+        def _connect(self):
+            self._widget.currentPathChanged.connect(self.changed)
+
+        def _disconnect(self):
+            self._widget.currentPathChanged.disconnect(self.changed)
+
+        def widget(self):
+            return self._widget
+
+        def read(self) -> str:
+            return self._widget.currentPath
+
+        def write(self, value: str) -> None:
+            self._widget.currentPath = value
+
+    _pathConnectorRegistered = True
+
+
 #
 # Parameter node
 #
@@ -76,24 +127,27 @@ def registerSampleData() -> None:
 
 @parameterNodeWrapper
 class CPMAEDeidentifyParameterNode:
-    """Everything the panel edits; saved with the scene. Field names = SlicerParameterName in the .ui."""
+    """Everything the panel edits; saved with the scene. Field names = SlicerParameterName in the .ui.
+
+    Node fields that may be empty must admit ``None`` (a Union without it has no serializer for
+    the default and the panel never binds); folders are ``str`` with "" for "not chosen".
+    """
 
     inputVolume: vtkMRMLScalarVolumeNode
-    brainMask: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode]
-    localWeights: pathlib.Path
-    resolution: Annotated[str, Choice(["128", "256"])] = "128"
+    brainMask: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode, None]
+    localWeights: str = ""
     steps: Annotated[int, WithinRange(0, 64)] = 0
     seed: Annotated[int, Minimum(0)] = 0
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
-    qaView: Annotated[str, Choice(["frontal", "profile"])] = "frontal"
-    qaFolder: pathlib.Path
-    trainDataFolder: pathlib.Path
-    trainOutputFolder: pathlib.Path
+    qaFolder: str = ""
+    trainDataFolder: str = ""
+    trainOutputFolder: str = ""
     trainResolution: Annotated[str, Choice(["128", "256"])] = "128"
     trainSteps: Annotated[int, WithinRange(1, 10000000)] = 1000
     trainDevice: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     # set by the panel, not by a widget
     modelName: str = "demo-128"
+    qaView: str = "frontal"
     outputVolume: vtkMRMLScalarVolumeNode
 
 
@@ -103,18 +157,24 @@ class CPMAEDeidentifyParameterNode:
 
 
 class CPMAEDeidentifyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The panel. Every handler returns within ~100 ms: engine work, PNG export, model export and
+    the GPU query are jobs polled by one timer (``_poll``); nothing here waits on a process."""
+
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._job = None  # running mask or remodel job
+        self._job = None  # running mask, remodel or PNG job
         self._training = None
+        self._background = []  # (runner, callback): GPU query, model export
         self._timer = qt.QTimer()
         self._timer.setInterval(POLL_INTERVAL_MS)
         self._timer.timeout.connect(self._poll)
         self._catalogue = []
+        self._plotWidget = None
+        self._qaNodes = []
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -123,17 +183,35 @@ class CPMAEDeidentifyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
 
+        # the loss curve: qMRMLPlotView has no designer plugin, so the plot widget is made here
+        self._plotWidget = slicer.qMRMLPlotWidget()
+        self._plotWidget.setMRMLScene(slicer.mrmlScene)
+        self._plotWidget.minimumHeight = 180
+        qt.QVBoxLayout(self.ui.lossPlotPlaceholder).addWidget(self._plotWidget)
+
         self.logic = CPMAEDeidentifyLogic(tempRoot=slicer.app.temporaryPath)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        from cpmae.render import STANDARD_VIEWS, VIEW_LABELS  # the spec's cameras, in its order
+
+        for view in STANDARD_VIEWS:
+            self.ui.qaViewComboBox.addItem(VIEW_LABELS[view], view)
+
+        # the parameter node is connected first: handlers below may read it
+        self.initializeParameterNode()
 
         self.ui.loadSampleButton.connect("clicked(bool)", self.onLoadSample)
         self.ui.computeMaskButton.connect("clicked(bool)", self.onComputeMask)
         self.ui.applyButton.connect("clicked(bool)", self.onApply)
         self.ui.modelSelector.connect("currentIndexChanged(int)", self.onModelChanged)
         self.ui.showFaceQAButton.connect("clicked(bool)", self.onShowFaceQA)
-        self.ui.qaViewComboBox.connect("currentIndexChanged(int)", lambda index=0: self._aimFaceQACameras())
+        self.ui.qaViewComboBox.connect("currentIndexChanged(int)", self.onQAViewChanged)
+        self.ui.qaThresholdSlider.connect("valueChanged(double)", self.onQAThresholdChanged)
+        self.ui.showChangesButton.connect("clicked(bool)", self.onShowChanges)
+        self.ui.approveButton.connect("clicked(bool)", lambda checked=False: self.onDecision(True))
+        self.ui.rejectButton.connect("clicked(bool)", lambda checked=False: self.onDecision(False))
         self.ui.exportPngButton.connect("clicked(bool)", self.onExportPng)
         self.ui.trainStartButton.connect("clicked(bool)", lambda checked=False: self.onTrainStart(resume=False))
         self.ui.trainResumeButton.connect("clicked(bool)", lambda checked=False: self.onTrainStart(resume=True))
@@ -143,12 +221,13 @@ class CPMAEDeidentifyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.useModelButton.connect("clicked(bool)", self.onUseModel)
 
         self._fillModelSelector()
-        self.ui.gpuInfoLabel.text = detectGpus()
-        self.initializeParameterNode()
+        self._selectModel(self._parameterNode.modelName)
+        self._startGpuQuery()
 
     def cleanup(self) -> None:
-        """Module closed or application exiting: never leave an engine process behind."""
-        self._cancelJobs()
+        """Module closed or application exiting: never leave an engine process or loss nodes behind."""
+        self._cancelJobs(wait=True)
+        self._removeLossNodes()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -161,7 +240,9 @@ class CPMAEDeidentifyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
 
     def onSceneStartClose(self, caller, event) -> None:
-        self._cancelJobs()
+        self._cancelJobs()  # the timer reaps the cancelled processes; their results are never added
+        self._resetProgress()
+        self._qaNodes = []
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -184,17 +265,25 @@ class CPMAEDeidentifyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
             self._selectModel(self._parameterNode.modelName)
+            index = self.ui.qaViewComboBox.findData(self._parameterNode.qaView)
+            if index >= 0:
+                self.ui.qaViewComboBox.currentIndex = index
             self._updateButtons()
 
     def _updateButtons(self, caller=None, event=None) -> None:
         p = self._parameterNode
         busy = self._job is not None and self._job.running
         hasInput = bool(p and p.inputVolume)
+        hasPair = bool(p and p.inputVolume and p.outputVolume)
         self.ui.applyButton.enabled = hasInput or busy
         self.ui.applyButton.text = _("Cancel") if busy else _("Apply")
         self.ui.computeMaskButton.enabled = hasInput and not busy
-        self.ui.showFaceQAButton.enabled = bool(p and p.inputVolume and p.outputVolume)
-        self.ui.exportPngButton.enabled = bool(p and p.inputVolume and p.outputVolume and str(p.qaFolder) not in ("", "."))
+        self.ui.showFaceQAButton.enabled = hasPair
+        self.ui.showChangesButton.enabled = hasPair
+        self.ui.qaThresholdSlider.enabled = hasPair and bool(self._qaNodes)
+        self.ui.approveButton.enabled = hasPair
+        self.ui.rejectButton.enabled = hasPair
+        self.ui.exportPngButton.enabled = hasPair and bool(p.qaFolder) and not busy
         training_ = self._training is not None and self._training.state == jobs.RUNNING
         self.ui.trainStartButton.enabled = not training_
         self.ui.trainResumeButton.enabled = not training_
@@ -225,18 +314,34 @@ class CPMAEDeidentifyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         index = self.ui.modelSelector.findData(name)
         if index >= 0:
             self.ui.modelSelector.currentIndex = index
+        self._showResolution()
 
     def onModelChanged(self, index: int) -> None:
-        if self._parameterNode is None or index < 0:
+        if self._parameterNode is None or index < 0 or index >= len(self._catalogue):
             return
-        entry = self._catalogue[index]
-        self._parameterNode.modelName = entry.name
-        self._parameterNode.resolution = str(entry.resolution)
+        self._parameterNode.modelName = self._catalogue[index].name
+        self._showResolution()
+
+    def _resolution(self) -> int:
+        """The grid of the weights that will run: a local bundle's manifest, else the catalogue entry."""
+        local = self._parameterNode.localWeights
+        if local:
+            return models.bundleResolution(local)
+        entry = next((e for e in self._catalogue if e.name == self._parameterNode.modelName), None)
+        return entry.resolution if entry is not None else 128
+
+    def _showResolution(self) -> None:
+        if self._parameterNode is None:
+            return
+        try:
+            self.ui.resolutionValueLabel.text = f"{self._resolution()}³"
+        except Exception as exc:  # an unreadable local bundle: say so where the grid would be
+            self.ui.resolutionValueLabel.text = str(exc)
 
     def _resolveWeights(self) -> Optional[str]:
         """The bundle folder to use: the local folder if given, else the catalogue entry (downloaded once)."""
-        local = str(self._parameterNode.localWeights)
-        if local not in ("", "."):
+        local = self._parameterNode.localWeights
+        if local:
             return str(models.useLocalFolder(local))
         entry = next((e for e in self._catalogue if e.name == self._parameterNode.modelName), None)
         if entry is None:
@@ -287,7 +392,8 @@ class CPMAEDeidentifyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # -- remodel -----------------------------------------------------------------------------
     def onApply(self) -> None:
         if self._job is not None and self._job.running:
-            self._job.cancel()  # Apply is Cancel while running
+            self._job.cancel()  # Apply is Cancel while running; returns at once, the timer finishes it
+            self._log(_("cancelling ..."))
             return
         if not self._ensureDependencies():
             return
@@ -298,7 +404,7 @@ class CPMAEDeidentifyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 return  # the user declined the download
             self.ui.logTextEdit.clear()
             job = self.logic.process(p.inputVolume, maskNode=p.brainMask, weights=weights, showMask=not p.brainMask,
-                                     resolution=int(p.resolution), steps=p.steps or None, seed=p.seed,
+                                     resolution=self._resolution(), steps=p.steps or None, seed=p.seed,
                                      device=p.device, waitForCompletion=False, onEvent=self._onJobEvent)
             self._startJob(job, _("De-identifying"))
 
@@ -310,7 +416,10 @@ class CPMAEDeidentifyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if job.maskResult.segmentationNode is not None and not p.brainMask:
                 p.brainMask = job.maskResult.segmentationNode
         self.ui.resultLabel.text = job.outputNode.GetName()
-        slicer.util.setSliceViewerLayers(background=job.outputNode, fit=True)
+        self.ui.decisionLabel.text = _("not reviewed")
+        # Face QA opens by itself: the reader's next step
+        self.ui.faceQACollapsibleButton.collapsed = False
+        self.onShowFaceQA()
 
     # -- jobs --------------------------------------------------------------------------------
     def _startJob(self, job, title: str) -> None:
@@ -321,6 +430,11 @@ class CPMAEDeidentifyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._log(title + " ...")
         self._timer.start()
         self._updateButtons()
+
+    def _resetProgress(self) -> None:
+        self.ui.progressBar.setRange(0, 100)
+        self.ui.progressBar.setValue(0)
+        self.ui.progressBar.setFormat("%p%")
 
     def _onJobEvent(self, event) -> None:
         """Progress lines -> progress bar; log/stderr lines -> log pane."""
@@ -339,12 +453,27 @@ class CPMAEDeidentifyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _poll(self) -> None:
         """Timer tick: deliver progress lines, finish jobs, stop ticking when nothing runs."""
-        if self._training is not None and self._training.state == jobs.RUNNING:
-            self._pollTraining()
+        if self._training is not None:
+            if self._training.state == jobs.RUNNING:
+                self._pollTraining()
+            else:
+                self._training.pollStop()  # a stopped stage's processes going away
         if self._job is not None and not self._job.poll():
             self._jobFinished()
-        if self._job is None and (self._training is None or self._training.state != jobs.RUNNING):
+        for runner, callback in list(self._background):
+            if not runner.poll():
+                self._background.remove((runner, callback))
+                callback(runner)
+        trainingBusy = self._training is not None and (self._training.state == jobs.RUNNING
+                                                       or self._training.runner is not None
+                                                       and self._training.runner.running)
+        if self._job is None and not trainingBusy and not self._background:
             self._timer.stop()
+
+    def _startBackground(self, runner, callback) -> None:
+        """A side job (GPU query, model export) whose result ``callback(runner)`` handles."""
+        self._background.append((runner, callback))
+        self._timer.start()
 
     def _jobFinished(self) -> None:
         job, self._job = self._job, None
@@ -352,7 +481,12 @@ class CPMAEDeidentifyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.setValue(100 if job.state == jobs.SUCCEEDED else 0)
         self.ui.progressBar.setFormat(job.state)
         if job.state == jobs.SUCCEEDED:
-            self._maskDone(job) if isinstance(job, MaskJob) else self._remodelDone(job)
+            if isinstance(job, MaskJob):
+                self._maskDone(job)
+            elif isinstance(job, RenderJob):
+                self._log(_("wrote {n} pictures to {folder}").format(n=len(job.result), folder=job.outputDir))
+            else:
+                self._remodelDone(job)
             self._log(_("done"))
         elif job.state == jobs.CANCELLED:
             self._log(_("cancelled: nothing was written"))
@@ -361,12 +495,23 @@ class CPMAEDeidentifyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(job.errorMessage(), windowTitle=_("CPMAE"))
         self._updateButtons()
 
-    def _cancelJobs(self) -> None:
+    def _cancelJobs(self, wait: bool = False) -> None:
+        """Cancel everything. Without ``wait`` the cancelled processes stay on the timer until
+        they are gone (nothing is added to the scene: a cancelled job never reads results)."""
+        runners = [runner for runner, _callback in self._background]
         if self._job is not None and self._job.running:
-            self._job.cancel()
-        if self._training is not None and self._training.state == jobs.RUNNING:
-            self._training.stop()
-        self._timer.stop()
+            runners.append(self._job.runner)
+        self._job = None
+        if self._training is not None and self._training.runner is not None:
+            runners.append(self._training.runner)
+            self._training.state = jobs.CANCELLED
+        self._background = []
+        for runner in runners:
+            runner.cancel(grace=0.5 if wait else jobs.CANCEL_GRACE_S, wait=wait)
+            if runner.running:
+                self._startBackground(runner, lambda r: None)
+        if not self._background:
+            self._timer.stop()
 
     def _log(self, message: str) -> None:
         if message:
@@ -374,65 +519,137 @@ class CPMAEDeidentifyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             logging.info(f"CPMAE: {message}")
 
     def _ensureDependencies(self) -> bool:
+        """Checks without importing anything (milliseconds); installs only after the user agrees."""
         from CPMAEDeidentifyLib import dependencies
 
         try:
-            with slicer.util.WaitCursor():
-                return dependencies.ensureDependencies(
-                    lambda message: slicer.util.confirmOkCancelDisplay(message, windowTitle=_("CPMAE")))
+            return dependencies.ensureDependencies(
+                lambda message: slicer.util.confirmOkCancelDisplay(message, windowTitle=_("CPMAE")))
         except Exception as exc:
             slicer.util.errorDisplay(str(exc), windowTitle=_("CPMAE"))
             return False
 
+    def _startGpuQuery(self) -> None:
+        """nvidia-smi as a job: it can take seconds, the panel must open at once."""
+        self.ui.gpuInfoLabel.text = _("looking for a GPU ...")
+        runner = jobs.gpuQueryJob()
+        if runner is None:
+            self.ui.gpuInfoLabel.text = jobs.describeGpus([])
+            return
+        self._startBackground(runner, lambda r: setattr(self.ui.gpuInfoLabel, "text", jobs.describeGpus(
+            [e.data.get("message", "") for e in r.events if e.kind == "log"] if r.state == jobs.SUCCEEDED else [])))
+
     # -- face QA -----------------------------------------------------------------------------
     def onShowFaceQA(self) -> None:
-        """Before and after side by side in two 3D views with linked cameras, skin-like rendering."""
-        from CPMAEDeidentifyLib import rendering
+        """Before and after side by side (3D, sagittal, axial), linked, skin rendering from the spec."""
+        from CPMAEDeidentifyLib import faceqa, rendering
 
         p = self._parameterNode
         layoutManager = slicer.app.layoutManager()
-        layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutDual3DView)
+        faceqa.registerLayout(layoutManager.layoutLogic().GetLayoutNode())
+        layoutManager.setLayout(faceqa.LAYOUT_ID)
         viewNodes = [layoutManager.threeDWidget(i).mrmlViewNode() for i in range(2)]
-        array = slicer.util.arrayFromVolume(p.inputVolume)
-        threshold = rendering.skinThreshold(array)
+        threshold = rendering.skinThreshold(slicer.util.arrayFromVolume(p.inputVolume))
         for volumeNode, viewNode in zip((p.inputVolume, p.outputVolume), viewNodes):
-            display = rendering.showSkinRendering(self.logic.context, volumeNode, threshold)
-            display.RemoveAllViewNodeIDs()
-            display.AddViewNodeID(viewNode.GetID())
+            rendering.showSkinRendering(self.logic.context, volumeNode, threshold, [viewNode.GetID()])
             viewNode.SetLinkedControl(True)  # one camera drives the other
             viewNode.SetBoxVisible(False)
             viewNode.SetAxisLabelsVisible(False)
+        for sliceName, volumeNode in faceqa.sliceVolumes(p.inputVolume, p.outputVolume).items():
+            sliceWidget = layoutManager.sliceWidget(sliceName)
+            if sliceWidget is None:
+                continue
+            composite = sliceWidget.sliceLogic().GetSliceCompositeNode()
+            composite.SetBackgroundVolumeID(volumeNode.GetID())
+            composite.SetLinkedControl(True)
+            sliceWidget.sliceLogic().FitSliceToAll()
+        self._qaNodes = [p.inputVolume, p.outputVolume]
+        self.ui.qaThresholdSlider.blockSignals(True)
+        maximum = float(slicer.util.arrayFromVolume(p.inputVolume).max())
+        self.ui.qaThresholdSlider.minimum = 0.0
+        self.ui.qaThresholdSlider.maximum = max(maximum, threshold * 2, 1.0)
+        self.ui.qaThresholdSlider.value = threshold
+        self.ui.qaThresholdSlider.blockSignals(False)
         self._aimFaceQACameras()
+        self._updateButtons()
 
-    def _aimFaceQACameras(self) -> None:
-        import ctk
+    def onQAViewChanged(self, index: int) -> None:
+        """The view comes from the combo itself (its item data), not from a binding that may
+        run after this handler."""
+        view = self.ui.qaViewComboBox.itemData(index)
+        if self._parameterNode is None or not view:
+            return
+        self._parameterNode.qaView = view
+        self._aimFaceQACameras(view)
+
+    def onQAThresholdChanged(self, value: float) -> None:
+        from CPMAEDeidentifyLib import rendering
+
+        rendering.setSkinThreshold(self.logic.context, self._qaNodes, value)
+
+    def _aimFaceQACameras(self, view: Optional[str] = None) -> None:
+        from CPMAEDeidentifyLib import rendering
 
         layoutManager = slicer.app.layoutManager()
-        if self._parameterNode is None or layoutManager.threeDViewCount < 2:
+        p = self._parameterNode
+        if p is None or not p.inputVolume or layoutManager.threeDViewCount < 2:
             return
-        axis = ctk.ctkAxesWidget.Anterior if self._parameterNode.qaView == "frontal" else ctk.ctkAxesWidget.Left
+        view = view or p.qaView
         for i in range(2):
-            view = layoutManager.threeDWidget(i).threeDView()
-            view.resetFocalPoint()
-            view.lookFromAxis(axis)
+            cameraNode = slicer.modules.cameras.logic().GetViewActiveCameraNode(
+                layoutManager.threeDWidget(i).mrmlViewNode())
+            rendering.aimCamera(cameraNode, p.inputVolume, view)
+
+    def onShowChanges(self) -> None:
+        """|after - before| outside the brain over the after volume in the QA slice views."""
+        from CPMAEDeidentifyLib import faceqa
+
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Could not compute the changes."), waitCursor=True):
+            change = self.logic.changedRegion(p.inputVolume, p.outputVolume, p.brainMask)
+            display = change.GetDisplayNode()
+            display.SetAndObserveColorNodeID("vtkMRMLColorTableNodeFileHotToColdRainbow.txt")
+            layoutManager = slicer.app.layoutManager()
+            for sliceName in faceqa.AFTER_SLICES:
+                sliceWidget = layoutManager.sliceWidget(sliceName)
+                if sliceWidget is not None:
+                    composite = sliceWidget.sliceLogic().GetSliceCompositeNode()
+                    composite.SetForegroundVolumeID(change.GetID())
+                    composite.SetForegroundOpacity(0.5)  # fade between the face and its change
+            if p.brainMask is not None and p.brainMask.IsA("vtkMRMLSegmentationNode"):
+                p.brainMask.GetDisplayNode().SetVisibility2DFill(False)  # outline only: the mask edge
+                p.brainMask.GetDisplayNode().SetVisibility(True)
+
+    def onDecision(self, approved: bool) -> None:
+        from CPMAEDeidentifyLib import faceqa
+
+        p = self._parameterNode
+        reason = self.ui.decisionReasonComboBox.currentText.strip()
+        try:
+            record = faceqa.recordDecision(p.outputVolume, approved, reason)
+        except ValueError as exc:
+            slicer.util.errorDisplay(str(exc), windowTitle=_("CPMAE"))
+            return
+        self.ui.decisionLabel.text = f"{record['decision']}" + (f" ({record['reason']})" if record["reason"] else "")
+        self._log(_("review: {text}").format(text=self.ui.decisionLabel.text))
 
     def onExportPng(self) -> None:
         p = self._parameterNode
+        if not self._ensureDependencies():
+            return
         with slicer.util.tryWithErrorDisplay(_("Export failed."), waitCursor=True):
-            written = self.logic.renderFaces(p.inputVolume, p.outputVolume, str(p.qaFolder))
-            self._log(_("wrote {n} pictures to {folder}").format(n=len(written), folder=p.qaFolder))
+            self._startJob(self.logic.renderFaces(p.inputVolume, p.outputVolume, p.qaFolder, waitForCompletion=False,
+                                                  onEvent=self._onJobEvent), _("Rendering faces"))
 
     # -- training ----------------------------------------------------------------------------
     def onTrainStart(self, resume: bool) -> None:
         p = self._parameterNode
-        if str(p.trainOutputFolder) in ("", "."):
+        if not p.trainOutputFolder:
             slicer.util.errorDisplay(_("Choose an output folder for the training runs."))
             return
         if not self._ensureDependencies():
             return
-        data = str(p.trainDataFolder)
-        settings = training.TrainingSettings(dataFolder="" if data in ("", ".") else data,
-                                             outputFolder=str(p.trainOutputFolder),
+        settings = training.TrainingSettings(dataFolder=p.trainDataFolder, outputFolder=p.trainOutputFolder,
                                              resolution=int(p.trainResolution), steps=p.trainSteps,
                                              device=p.trainDevice)
         self._training = training.TrainingSession(settings, onEvent=self._onTrainingEvent)
@@ -443,7 +660,7 @@ class CPMAEDeidentifyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onTrainStop(self) -> None:
         if self._training is not None:
-            self._training.stop()
+            self._training.stop()  # returns at once; the timer sees the processes go
             self.ui.trainStatusLabel.text = _("stopped (resume continues from the last checkpoint)")
         self._refreshCheckpoints()
         self._updateButtons()
@@ -466,7 +683,11 @@ class CPMAEDeidentifyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._updateButtons()
 
     def _updateLossCurve(self, points) -> None:
-        """Loss against step in a table + plot chart shown in the panel's plot view."""
+        """Loss against step in a table + plot chart shown in the panel's plot widget.
+
+        The nodes are the panel's own: not saved with the scene, hidden from node lists, and
+        removed when the module is closed or the scene is cleared.
+        """
         tableNode = self._singleton("vtkMRMLTableNode", "CPMAE training loss")
         table = tableNode.GetTable()
         if table.GetNumberOfColumns() < 2:
@@ -474,6 +695,8 @@ class CPMAEDeidentifyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 column = vtk.vtkDoubleArray()
                 column.SetName(name)
                 table.AddColumn(column)
+        if table.GetNumberOfRows() == len(points):
+            return  # nothing new since the last tick
         table.SetNumberOfRows(len(points))
         for row, (step, loss) in enumerate(points):
             table.SetValue(row, 0, step)
@@ -492,50 +715,52 @@ class CPMAEDeidentifyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         chart.SetYAxisTitle("loss")
         viewNode = self._singleton("vtkMRMLPlotViewNode", "CPMAE loss view")
         viewNode.SetPlotChartNodeID(chart.GetID())
-        self.ui.lossPlotView.setMRMLScene(slicer.mrmlScene)
-        self.ui.lossPlotView.setMRMLPlotViewNode(viewNode)
+        self._plotWidget.setMRMLPlotViewNode(viewNode)
 
     @staticmethod
     def _singleton(className: str, name: str):
         node = slicer.mrmlScene.GetFirstNode(name, className)
-        return node if node is not None else slicer.mrmlScene.AddNewNodeByClass(className, name)
+        if node is None:
+            node = slicer.mrmlScene.AddNewNodeByClass(className, name)
+            node.SetSaveWithScene(False)
+            node.SetHideFromEditors(True)
+        return node
+
+    def _removeLossNodes(self) -> None:
+        for className, name in LOSS_NODE_NAMES:
+            node = slicer.mrmlScene.GetFirstNode(name, className)
+            if node is not None:
+                slicer.mrmlScene.RemoveNode(node)
 
     def _refreshCheckpoints(self) -> None:
         self.ui.checkpointListWidget.clear()
-        folder = str(self._parameterNode.trainOutputFolder)
-        for checkpoint in training.listCheckpoints(folder):
+        for checkpoint in training.listCheckpoints(self._parameterNode.trainOutputFolder or None):
             self.ui.checkpointListWidget.addItem(f"{checkpoint.parent.parent.name}/{checkpoint.name}")
 
     def onUseModel(self) -> None:
-        """Export the chosen checkpoint (with the newest checkpoints of the other two runs) and use it."""
+        """Export the chosen checkpoint (with the newest checkpoints of the other two runs) as a
+        job; the panel switches to the new bundle when it has been written."""
         item = self.ui.checkpointListWidget.currentItem()
         if item is None:
             return
-        out = pathlib.Path(str(self._parameterNode.trainOutputFolder))
+        out = pathlib.Path(self._parameterNode.trainOutputFolder)
         runName, checkpointName = item.text().split("/")
         runs = [out / name for name, _ in training.STAGES]
         runs = [run / "checkpoints" / checkpointName if run.name == runName else run for run in runs]
         bundle = out / "bundle"
-        runner = jobs.JobRunner(training.exportCommand(*runs, bundle), onEvent=self._onTrainingEvent)
-        with slicer.util.tryWithErrorDisplay(_("Export of the model failed."), waitCursor=True):
-            if runner.start().wait() != jobs.SUCCEEDED:
-                raise RuntimeError(runner.errorMessage())
-            self._parameterNode.localWeights = pathlib.Path(models.useLocalFolder(bundle))
-            self._log(_("now using the weights in {folder}").format(folder=bundle))
+        self.ui.useModelButton.enabled = False
+        self._log(_("exporting the model ..."))
+        self._startBackground(training.exportJob(*runs, bundle, onEvent=self._onTrainingEvent),
+                              lambda runner: self._modelExported(runner, bundle))
 
-
-def detectGpus() -> str:
-    """'GPU: <name>, <memory>' from nvidia-smi (no torch import in Slicer's process), or a CPU note."""
-    smi = shutil.which("nvidia-smi")
-    if smi:
-        try:
-            out = subprocess.run([smi, "--query-gpu=name,memory.total", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=5).stdout.strip()
-            if out:
-                return _("GPU: ") + "; ".join(line.strip() for line in out.splitlines())
-        except (OSError, subprocess.SubprocessError):
-            pass
-    return _("No CUDA GPU detected: runs on the CPU (128³ takes about a minute).")
+    def _modelExported(self, runner, bundle) -> None:
+        self.ui.useModelButton.enabled = True
+        if runner.state != jobs.SUCCEEDED:
+            slicer.util.errorDisplay(_("Export of the model failed: ") + runner.errorMessage(), windowTitle=_("CPMAE"))
+            return
+        self._parameterNode.localWeights = str(models.useLocalFolder(bundle))
+        self._showResolution()
+        self._log(_("now using the weights in {folder}").format(folder=bundle))
 
 
 #
@@ -560,7 +785,11 @@ class CPMAEDeidentifyLogic(ScriptedLoadableModuleLogic, EngineLogic):
 
 
 class CPMAEDeidentifyTest(ScriptedLoadableModuleTest):
-    """Checks that only a real Slicer can run: the panel, its parameter node, 3D views."""
+    """Checks that only a real Slicer can run: the panel, its parameter node, 3D views.
+
+    What pytest already covers outside Slicer (the .ui with a real Qt binding, the parameter
+    declarations, the Logic on a real MRML scene, jobs and cancel) is not repeated here.
+    """
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -569,7 +798,7 @@ class CPMAEDeidentifyTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_panel_binds_parameter_node()
         self.setUp()
-        self.test_logic_on_mrhead()
+        self.test_before_after_pictures_differ_in_the_face()
         self.setUp()
         self.test_face_qa_views()
 
@@ -578,63 +807,73 @@ class CPMAEDeidentifyTest(ScriptedLoadableModuleTest):
 
         return SampleData.downloadSample("MRHead")
 
+    def _widget(self):
+        slicer.util.selectModule("CPMAEDeidentify")
+        return slicer.modules.cpmaedeidentify.widgetRepresentation().self()
+
     def test_panel_binds_parameter_node(self):
         self.delayDisplay("Panel and parameter node")
-        widget = slicer.modules.cpmaedeidentify.widgetRepresentation().self()
+        widget = self._widget()
         head = self._loadHead()
         widget.initializeParameterNode()
         parameters = widget._parameterNode
         parameters.inputVolume = head
         self.assertEqual(widget.ui.inputSelector.currentNode(), head)
+        self.assertIsNone(parameters.brainMask)  # the node union admits None
+        self.assertEqual(widget.ui.localWeightsPathLineEdit.currentPath, "")  # no "." default
         widget.ui.seedSpinBox.value = 7
         self.assertEqual(parameters.seed, 7)
-        widget.ui.resolutionComboBox.currentIndex = 1
-        self.assertEqual(parameters.resolution, "256")
+        self.assertIn(widget.ui.resolutionValueLabel.text, ("128³", "256³"))
         self.assertTrue(widget.ui.applyButton.enabled)
         self.assertEqual(widget.ui.applyButton.text, "Apply")
+        widget.ui.qaViewComboBox.currentIndex = widget.ui.qaViewComboBox.findData("profile_left")
+        self.assertEqual(parameters.qaView, "profile_left")
 
-    def test_logic_on_mrhead(self):
-        """Geometry round trip and renderings inside real Slicer (PythonSlicer, GPU OpenGL)."""
-        import numpy as np
+    def test_before_after_pictures_differ_in_the_face(self):
+        """The PNG export (cpmae render, out of process) on MRHead and a copy without its face."""
         import tempfile
 
-        from CPMAEDeidentifyLib import volumes
+        from CPMAEDeidentifyLib import dependencies, faceqa, volumes
 
-        self.delayDisplay("Logic on MRHead")
+        self.delayDisplay("Before/after pictures")
         head = self._loadHead()
         image = volumes.imageFromVolumeNode(head)
         copy = volumes.addVolumeNodeFromImage(slicer.mrmlScene, image, "copy")
-        self.assertTrue(np.array_equal(volumes.ijkToRasMatrix(copy), volumes.ijkToRasMatrix(head)) or
-                        volumes.sameGeometry(volumes.ijkToRasMatrix(copy), volumes.ijkToRasMatrix(head), 1e-9))
         array = slicer.util.arrayFromVolume(copy)
-        array[:, : array.shape[1] // 3, :] = 0  # remove the front third: the face must change
+        array[:, :, : array.shape[2] // 3] = 0  # MRHead is stored PIR-like: the lowest third of i
+        array[:, : array.shape[1] // 3, :] = 0  # and of j; one of them is the face for any orientation
         slicer.util.arrayFromVolumeModified(copy)
+        if dependencies.missingPackages():
+            self.delayDisplay("engine dependencies not installed: picture check skipped")
+            return
         logic = CPMAEDeidentifyLogic()
         with tempfile.TemporaryDirectory() as folder:
-            written = logic.renderFaces(head, copy, folder, size=(256, 256))
-            self.assertEqual(len(written), 6)
-        if _engineReady():
-            job = logic.process(head, resolution=128)
-            self.assertIsNotNone(job.outputNode)
-            self.assertTrue(np.array_equal(volumes.ijkToRasMatrix(job.outputNode), volumes.ijkToRasMatrix(head)))
-        else:
-            self.delayDisplay("engine dependencies not installed: remodel step skipped")
+            job = logic.renderFaces(head, copy, folder, views=("frontal", "profile_right"), size=192)
+            self.assertEqual(set(job.result), {"before_frontal", "after_frontal", "before_profile_right",
+                                               "after_profile_right", "before_after"})
+            before = faceqa.readPng(job.result["before_frontal"])
+            after = faceqa.readPng(job.result["after_frontal"])
+            self.assertGreater(before.mean(), 5)
+            self.assertGreater(faceqa.faceRegionDifference(before, after, "frontal"), 2.0)
+        self.assertEqual(logic.context.volumeRenderingLogic.GetFirstVolumeRenderingDisplayNode(head), None,
+                         "the export must not switch on volume rendering in the scene")
 
     def test_face_qa_views(self):
         self.delayDisplay("Face QA views")
-        widget = slicer.modules.cpmaedeidentify.widgetRepresentation().self()
+        from CPMAEDeidentifyLib import faceqa
+
+        widget = self._widget()
         head = self._loadHead()
         widget.initializeParameterNode()
         widget._parameterNode.inputVolume = head
         widget._parameterNode.outputVolume = head
         widget.onShowFaceQA()
         layoutManager = slicer.app.layoutManager()
+        self.assertEqual(layoutManager.layout, faceqa.LAYOUT_ID)
         self.assertGreaterEqual(layoutManager.threeDViewCount, 2)
         self.assertTrue(layoutManager.threeDWidget(0).mrmlViewNode().GetLinkedControl())
+        for name in faceqa.BEFORE_SLICES + faceqa.AFTER_SLICES:
+            self.assertIsNotNone(layoutManager.sliceWidget(name), name)
+        widget.onDecision(True)
+        self.assertEqual(faceqa.nodeDecision(head)["decision"], "approved")
         self.delayDisplay("Test passed")
-
-
-def _engineReady() -> bool:
-    from CPMAEDeidentifyLib import dependencies
-
-    return not dependencies.missingPackages() and (models.BUILTIN_WEIGHTS / "demo-128" / "manifest.json").is_file()
