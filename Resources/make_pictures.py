@@ -2,15 +2,14 @@
 
 Only pydeface's averaged head is ever pictured (it is nobody's face). The head is loaded through
 Slicer's Volumes logic into a slicer-core scene, remodelled by ``CPMAEDeidentifyLogic.process``
-(out of process, the shipped weights) and rendered offscreen by ``renderFaces``, exactly what the
-Face QA section exports. Usage (from the repository root, in the project venv)::
+(out of process, the shipped weights) and rendered by ``renderFaces`` (``cpmae render``, out of
+process, the six cameras of ``cpmae.render``), exactly what the Face QA section exports. Usage (from the repository root, in the project venv)::
 
     python Resources/make_pictures.py [--resolution 128|256] [--icons-only]
 """
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile
@@ -19,8 +18,6 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO / "CPMAEDeidentify"))
-if not os.environ.get("DISPLAY"):
-    os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
 
 
 def main() -> int:
@@ -33,7 +30,6 @@ def main() -> int:
     args = parser.parse_args()
 
     from cpmae.samples import ensure_sample
-    from CPMAEDeidentifyLib import rendering
     from CPMAEDeidentifyLib.context import SlicerContext
     from CPMAEDeidentifyLib.logic import CPMAEDeidentifyLogic
 
@@ -41,25 +37,36 @@ def main() -> int:
     head = context.loadVolume(ensure_sample("pydeface-mean"), "pydeface-mean")
     logic = CPMAEDeidentifyLogic(context)
     with tempfile.TemporaryDirectory() as tmp:
-        # icon: the averaged head in profile, 128x128
-        written = rendering.renderFaceViews(context, {"icon": head}, tmp, views=("profile",), size=(128, 128))
+        # icon: the averaged head in right profile, 128x128
+        icon = logic.renderFaces(head, head, Path(tmp) / "icon", views=("profile_right",), size=128).result
         args.out.mkdir(parents=True, exist_ok=True)
         icons = [args.out / "CPMAE.png"]
         if args.out == HERE:
             icons.append(REPO / "CPMAEDeidentify" / "Resources" / "Icons" / "CPMAEDeidentify.png")
         for target in icons:
-            shutil.copyfile(written["icon_profile"], target)
+            shutil.copyfile(icon["before_profile_right"], target)
             print(f"wrote {target}")
         if args.icons_only:
             return 0
         job = logic.process(head, resolution=args.resolution, seed=args.seed, weights=args.weights)
-        pictures = logic.renderFaces(head, job.outputNode, tmp, size=(384, 384))
+        views = ("frontal", "profile_right")
+        pictures = logic.renderFaces(head, job.outputNode, Path(tmp) / "qa", views=views, size=384).result
         (args.out / "Screenshots").mkdir(parents=True, exist_ok=True)
-        for view in ("frontal", "profile"):
-            target = args.out / "Screenshots" / f"face_qa_{view}.png"
-            shutil.copyfile(pictures[f"pair_{view}"], target)
+        for view, name in zip(views, ("frontal", "profile")):
+            target = args.out / "Screenshots" / f"face_qa_{name}.png"
+            _pair(pictures[f"before_{view}"], pictures[f"after_{view}"], target)
             print(f"wrote {target} (left: input, right: remodelled at {args.resolution}³, seed {args.seed})")
     return 0
+
+
+def _pair(before, after, target) -> None:
+    """Input and result side by side with a white gap (the Extensions Manager screenshot)."""
+    import numpy as np
+    from PIL import Image
+
+    a, b = np.asarray(Image.open(before).convert("RGB")), np.asarray(Image.open(after).convert("RGB"))
+    gap = np.full((a.shape[0], 8, 3), 255, np.uint8)
+    Image.fromarray(np.concatenate([a, gap, b], axis=1)).save(target)
 
 
 if __name__ == "__main__":

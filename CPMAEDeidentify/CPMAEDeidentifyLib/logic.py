@@ -290,7 +290,7 @@ class CPMAEDeidentifyLogic:
         if maskNode is not None:
             import SimpleITK as sitk
 
-            brain = sitk.GetArrayViewFromImage(self.maskImage(maskNode, beforeNode)) > 0
+            brain = sitk.GetArrayFromImage(self.maskImage(maskNode, beforeNode)) > 0  # not a view of a temporary
             difference[brain] = 0
         node = self.context.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode",
                                                     name or f"{afterNode.GetName()} change")

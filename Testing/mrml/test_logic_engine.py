@@ -136,7 +136,8 @@ def test_remodel_makes_a_new_node_keeps_the_brain_and_leaves_the_input_alone(log
     after = _fingerprint(head_node)
     assert np.array_equal(before[0], after[0]) and np.array_equal(before[1], after[1])
     # brain voxels bit-identical, face changed
-    brain = sitk.GetArrayViewFromImage(logic.maskImage(mask_job[0].result.segmentationNode, head_node)) > 0
+    # GetArrayFromImage, not a view: a view of a temporary image reads freed memory (a segfault here)
+    brain = sitk.GetArrayFromImage(logic.maskImage(mask_job[0].result.segmentationNode, head_node)) > 0
     original, remodelled = before[1], slicer.util.arrayFromVolume(out)
     assert remodelled.dtype == original.dtype
     assert np.array_equal(remodelled[brain], original[brain])
