@@ -140,6 +140,8 @@ class CPMAEDeidentifyParameterNode:
     seed: Annotated[int, Minimum(0)] = 0
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     qaFolder: str = ""
+    reviewFolder: str = ""
+    reviewThumbnails: str = ""
     trainDataFolder: str = ""
     trainOutputFolder: str = ""
     trainResolution: Annotated[str, Choice(["128", "256"])] = "128"
@@ -175,6 +177,9 @@ class CPMAEDeidentifyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._catalogue = []
         self._plotWidget = None
         self._qaNodes = []
+        self._queue = None  # batch review queue (CPMAEDeidentifyLib.faceqa.BatchQueue)
+        self._queueNodes = []  # the volumes loaded for the queue's current case
+        self._shortcuts = []
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -213,6 +218,15 @@ class CPMAEDeidentifyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.approveButton.connect("clicked(bool)", lambda checked=False: self.onDecision(True))
         self.ui.rejectButton.connect("clicked(bool)", lambda checked=False: self.onDecision(False))
         self.ui.exportPngButton.connect("clicked(bool)", self.onExportPng)
+        self.ui.openQueueButton.connect("clicked(bool)", self.onOpenQueue)
+        self.ui.previousCaseButton.connect("clicked(bool)", lambda checked=False: self.onMoveCase(-1))
+        self.ui.nextCaseButton.connect("clicked(bool)", lambda checked=False: self.onMoveCase(+1))
+        self.ui.nextUndecidedButton.connect("clicked(bool)", lambda checked=False: self.onMoveCase(0))
+        self.ui.reviewTable.connect("cellDoubleClicked(int,int)", lambda row, column: self.onGoToCase(row))
+        for keys, step in (("Alt+Left", -1), ("Alt+Right", +1), ("Alt+Down", 0)):
+            shortcut = qt.QShortcut(qt.QKeySequence(keys), slicer.util.mainWindow())
+            shortcut.connect("activated()", lambda step=step: self.onMoveCase(step))
+            self._shortcuts.append(shortcut)
         self.ui.trainStartButton.connect("clicked(bool)", lambda checked=False: self.onTrainStart(resume=False))
         self.ui.trainResumeButton.connect("clicked(bool)", lambda checked=False: self.onTrainStart(resume=True))
         self.ui.trainStopButton.connect("clicked(bool)", self.onTrainStop)
@@ -228,6 +242,9 @@ class CPMAEDeidentifyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Module closed or application exiting: never leave an engine process or loss nodes behind."""
         self._cancelJobs(wait=True)
         self._removeLossNodes()
+        for shortcut in self._shortcuts:
+            shortcut.setParent(None)
+        self._shortcuts = []
         self.removeObservers()
 
     def enter(self) -> None:
@@ -243,6 +260,7 @@ class CPMAEDeidentifyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._cancelJobs()  # the timer reaps the cancelled processes; their results are never added
         self._resetProgress()
         self._qaNodes = []
+        self._queueNodes = []
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -284,6 +302,8 @@ class CPMAEDeidentifyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.approveButton.enabled = hasPair
         self.ui.rejectButton.enabled = hasPair
         self.ui.exportPngButton.enabled = hasPair and bool(p.qaFolder) and not busy
+        for button in (self.ui.previousCaseButton, self.ui.nextCaseButton, self.ui.nextUndecidedButton):
+            button.enabled = self._queue is not None
         training_ = self._training is not None and self._training.state == jobs.RUNNING
         self.ui.trainStartButton.enabled = not training_
         self.ui.trainResumeButton.enabled = not training_
@@ -625,13 +645,87 @@ class CPMAEDeidentifyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         p = self._parameterNode
         reason = self.ui.decisionReasonComboBox.currentText.strip()
+        inQueue = self._queue is not None and p.outputVolume is not None and p.outputVolume in self._queueNodes
         try:
             record = faceqa.recordDecision(p.outputVolume, approved, reason)
-        except ValueError as exc:
+            if inQueue:  # a batch case: its manifest and provenance record too
+                self._queue.decide(approved, reason)
+        except Exception as exc:  # no reason for a rejection; a batch still writing its manifest
             slicer.util.errorDisplay(str(exc), windowTitle=_("CPMAE"))
             return
+        if inQueue:
+            self._fillReviewTable()
         self.ui.decisionLabel.text = f"{record['decision']}" + (f" ({record['reason']})" if record["reason"] else "")
         self._log(_("review: {text}").format(text=self.ui.decisionLabel.text))
+
+    # -- batch review ------------------------------------------------------------------------
+    def onOpenQueue(self) -> None:
+        from CPMAEDeidentifyLib import faceqa
+
+        p = self._parameterNode
+        try:
+            self._queue = faceqa.BatchQueue(p.reviewFolder, p.reviewThumbnails or None)
+        except Exception as exc:
+            self._queue = None
+            slicer.util.errorDisplay(str(exc), windowTitle=_("CPMAE"))
+            return
+        self._fillReviewTable()
+        self._showCase()
+
+    def onMoveCase(self, step: int) -> None:
+        """+1 next, -1 previous, 0 next undecided (the keyboard shortcuts call this too)."""
+        if self._queue is None:
+            return
+        self._queue.nextUndecided() if step == 0 else self._queue.move(step)
+        self._showCase()
+
+    def onGoToCase(self, row: int) -> None:
+        if self._queue is not None:
+            self._queue.goTo(row)
+            self._showCase()
+
+    def _fillReviewTable(self) -> None:
+        table = self.ui.reviewTable
+        rows = self._queue.rows()
+        table.clear()
+        table.setColumnCount(5)
+        table.setHorizontalHeaderLabels([_("case"), _("status"), _("self-check"), _("decision"), _("reason")])
+        table.setRowCount(len(rows))
+        for r, values in enumerate(rows):
+            for c, value in enumerate(values):
+                table.setItem(r, c, qt.QTableWidgetItem(str(value)))
+        table.resizeColumnsToContents()
+
+    def _showCase(self) -> None:
+        """Load the current case's output (and its recorded input, when it still exists) and
+        open Face QA on them; the volumes of the previous case leave the scene."""
+        queue = self._queue
+        case = queue.current
+        self.ui.reviewTable.selectRow(queue.index)
+        for node in self._queueNodes:
+            if node.GetScene() is not None:
+                slicer.mrmlScene.RemoveNode(node)
+        self._queueNodes = []
+        thumbnails = queue.thumbnails()
+        self.ui.reviewThumbnailLabel.text = "" if thumbnails else "-"
+        if thumbnails:
+            self.ui.reviewThumbnailLabel.setPixmap(qt.QPixmap(str(thumbnails[0])).scaledToWidth(240))
+        output = queue.outputPath()
+        if output is None:
+            self._log(_("{case}: {status}, nothing to show").format(case=case.case, status=case.status))
+            self._updateButtons()
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not load the case."), waitCursor=True):
+            after = self.logic.context.loadVolume(output, f"{case.case} after")
+            source = queue.inputPath()
+            before = self.logic.context.loadVolume(source, f"{case.case} before") if source else after
+            self._queueNodes = [after] + ([before] if before is not after else [])
+            p = self._parameterNode
+            p.inputVolume, p.outputVolume = before, after
+            self.ui.decisionLabel.text = case.decision or _("not reviewed")
+            self.ui.faceQACollapsibleButton.collapsed = False
+            self.onShowFaceQA()
+        self._updateButtons()
 
     def onExportPng(self) -> None:
         p = self._parameterNode

@@ -141,3 +141,110 @@ def faceRegionDifference(before, after, view: str) -> float:
 
     region = faceRegion(view, before.shape)
     return float(np.abs(before[region].astype(float) - after[region].astype(float)).mean())
+
+
+# ---------------------------------------------------------------------------------------------
+# Batch review queue: a deidentify-batch output folder, case by case
+# ---------------------------------------------------------------------------------------------
+
+POSITION_FILE = "slicer-review-position.json"  # in the batch's logs folder, next to its manifests
+
+
+class BatchQueue:
+    """The cases of a ``deidentify-batch`` output folder, one at a time, resumable.
+
+    Cases and decisions come from ``cpmae.review.cases`` (the review page's reader and writer):
+    a decision is one more ``reviewed`` event in the case's manifest plus a ``review`` field in
+    its provenance record, so the page, the report and the panel see the same decisions. The
+    reader's position is saved after every move and restored when the folder is opened again.
+    Thumbnails are PNGs in ``thumbnailsDir`` whose name starts with the output's file stem
+    (e.g. ``cpmae deidentify --render`` pictures).
+    """
+
+    def __init__(self, outDir, thumbnailsDir=None):
+        from cpmae.review import cases as reviewCases
+
+        self._cases = reviewCases
+        self.outDir = Path(outDir)
+        self.thumbnailsDir = Path(thumbnailsDir) if thumbnailsDir else None
+        self.cases = reviewCases.load_cases(self.outDir)
+        if not self.cases:
+            from cpmae.errors import InputError
+
+            raise InputError("no deidentify-batch cases here (no logs/manifest*.jsonl)", path=self.outDir)
+        self.index = self._savedIndex()
+
+    # -- position ----------------------------------------------------------------------------
+    def _positionPath(self) -> Path:
+        return self._cases.logs_dir(self.outDir) / POSITION_FILE
+
+    def _savedIndex(self) -> int:
+        try:
+            saved = json.loads(self._positionPath().read_text(encoding="utf-8")).get("case")
+        except (OSError, ValueError, AttributeError):
+            saved = None
+        ids = [c.case for c in self.cases]
+        if saved in ids:
+            return ids.index(saved)
+        undecided = [i for i, c in enumerate(self.cases) if c.decision is None]
+        return undecided[0] if undecided else 0
+
+    def _savePosition(self) -> None:
+        from cpmae.atomic import write_text_atomic
+
+        write_text_atomic(self._positionPath(), json.dumps({"case": self.current.case}) + "\n")
+
+    # -- navigation --------------------------------------------------------------------------
+    @property
+    def current(self):
+        return self.cases[self.index]
+
+    def move(self, step: int):
+        """Next (+1) / previous (-1) case, stopping at the ends; the position is saved."""
+        self.index = max(0, min(len(self.cases) - 1, self.index + step))
+        self._savePosition()
+        return self.current
+
+    def goTo(self, index: int):
+        self.index = max(0, min(len(self.cases) - 1, int(index)))
+        self._savePosition()
+        return self.current
+
+    def nextUndecided(self):
+        """The first undecided case after the current one (wrapping), or the current one."""
+        n = len(self.cases)
+        for step in range(1, n + 1):
+            if self.cases[(self.index + step) % n].decision is None:
+                return self.goTo((self.index + step) % n)
+        return self.current
+
+    # -- what the panel shows ----------------------------------------------------------------
+    def outputPath(self, case=None) -> Optional[Path]:
+        case = case or self.current
+        if case.status != "ok":
+            return None
+        return self._cases.output_path(self.outDir, case)
+
+    def inputPath(self, case=None) -> Optional[Path]:
+        return self._cases.input_path(case or self.current)
+
+    def thumbnails(self, case=None) -> list:
+        output = self.outputPath(case)
+        if output is None or self.thumbnailsDir is None or not self.thumbnailsDir.is_dir():
+            return []
+        from cpmae.dataset import strip_image_suffix
+
+        stem = strip_image_suffix(output.name)
+        return sorted(p for p in self.thumbnailsDir.glob("*.png") if p.name.startswith(stem))
+
+    def rows(self) -> list:
+        """(case, status, self-check, decision, reason) per case, for the panel's table."""
+        return [(c.case, c.status, c.check_state, c.decision or "", c.reason) for c in self.cases]
+
+    # -- decisions ---------------------------------------------------------------------------
+    def decide(self, approved: bool, reason: str = "") -> dict:
+        """Record the decision for the current case (manifest + provenance) and move on."""
+        record = decisionRecord(approved, reason)  # a rejection needs a reason
+        event = self._cases.record_decision(self.outDir, self.current.case, record["decision"], record["reason"])
+        self.current.decision, self.current.reason = event["decision"], event["reason"]
+        return event

@@ -182,6 +182,17 @@ def _screenshot(app, root, path, QtWidgets) -> list:
     find(QtWidgets.QLabel, "resultLabel").setText("AveragedHead_deidentified")
     find(QtWidgets.QPlainTextEdit, "logTextEdit").setPlainText(
         "De-identifying ...\nbrain mask ...\nsample ...\ndecode ...\ndone")
+    table = find(QtWidgets.QTableWidget, "reviewTable")
+    table.setHorizontalHeaderLabels(["case", "status", "self-check", "decision", "reason"])
+    cases = [("sub-01_T1w.nii.gz", "ok", "passed", "approved", ""), ("sub-02_T1w.nii.gz", "ok", "flagged", "", ""),
+             ("sub-03_T1w.nii.gz", "failed", "not checked", "", "")]
+    table.setRowCount(len(cases))
+    for r, values in enumerate(cases):
+        for c, value in enumerate(values):
+            table.setItem(r, c, QtWidgets.QTableWidgetItem(value))
+    table.resizeColumnsToContents()
+    table.setMaximumHeight(120)
+    find(QtWidgets.QWidget, "batchReviewCollapsibleButton").setProperty("collapsed", False)
     training = find(QtWidgets.QWidget, "trainingCollapsibleButton")
     training.setProperty("collapsed", True)
     root.resize(440, root.sizeHint().height())

@@ -17,8 +17,9 @@ import time
 
 import numpy as np
 import pytest
+from pathlib import Path
 
-from conftest import MODULE_DIR
+MODULE_DIR = Path(__file__).resolve().parents[2] / "CPMAEDeidentify"
 
 BUDGET_S = 0.1
 WIDGET = MODULE_DIR / "CPMAEDeidentify.py"

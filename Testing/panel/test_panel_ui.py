@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MODULE_DIR
+MODULE_DIR = Path(__file__).resolve().parents[2] / "CPMAEDeidentify"
 
 HARNESS = Path(__file__).resolve().parent / "panel_harness.py"
 UI = MODULE_DIR / "Resources" / "UI" / "CPMAEDeidentify.ui"
@@ -64,8 +64,9 @@ def test_face_qa_sits_above_the_log_and_the_remodel_section_has_no_resolution_ch
     assert order.index("faceQACollapsibleButton") < order.index("logTextEdit")
     assert "resolutionComboBox" not in report["ui_classes"]  # the resolution follows the model
     assert {"qaThresholdSlider", "approveButton", "rejectButton", "decisionReasonComboBox"} <= set(order)
+    assert {"reviewTable", "openQueueButton", "previousCaseButton", "nextCaseButton"} <= set(order)
     bound = set(report["bindings"].values())
-    assert {"inputVolume", "brainMask", "localWeights", "seed", "steps", "device"} <= bound
+    assert {"inputVolume", "brainMask", "localWeights", "seed", "steps", "device", "reviewFolder"} <= bound
 
 
 def test_a_class_without_a_designer_plugin_is_reported(display, tmp_path):

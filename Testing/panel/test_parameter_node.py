@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from typing import Annotated, Optional, Union
 
 import pytest
+from pathlib import Path
 
-from conftest import MODULE_DIR
+MODULE_DIR = Path(__file__).resolve().parents[2] / "CPMAEDeidentify"
 
 slicer = pytest.importorskip("slicer", reason="slicer-core provides the MRML classes")
 WIDGET = MODULE_DIR / "CPMAEDeidentify.py"

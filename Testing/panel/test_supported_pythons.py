@@ -15,8 +15,9 @@ import shutil
 import subprocess
 
 import pytest
+from pathlib import Path
 
-from conftest import MODULE_DIR
+MODULE_DIR = Path(__file__).resolve().parents[2] / "CPMAEDeidentify"
 
 SUPPORTED = {"5.8": "3.9", "5.10": "3.12"}  # Slicer release -> its Python (README names them too)
 COMPILE = ("import sys\nfailed = []\nfor path in sys.argv[1:]:\n"
