@@ -46,32 +46,37 @@ CPMAE=("$PY" -m cpmae)
 NICE=(env)
 VAL=4
 case "$PROFILE" in
-  gpu)  N=${SUBJECTS:-600}; WORKERS=$(( $(nproc) > 2 ? $(nproc) - 2 : 1 )); DEV=cuda; THREADS=0
+  gpu)  N=${SUBJECTS:-240}; NTOK=$N; WORKERS=$(( $(nproc) > 2 ? $(nproc) - 2 : 1 )); DEV=cuda; THREADS=0
         TOK_B=(--batch-size 8); PRIOR_B=(--batch-size 32)
         MIN_BRAIN=1.2; MIN_NONBRAIN=2.0; MIN_PRIOR=3.0; EVAL_N=4; CKPT=200 ;;
-  cpu)  N=${SUBJECTS:-500}; WORKERS=1; DEV=cpu; THREADS=1; NICE=(nice -n 15)
+  cpu)  N=${SUBJECTS:-500}; NTOK=68; WORKERS=1; DEV=cpu; THREADS=1; NICE=(nice -n 15)
+        export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1  # one core of a shared machine, generation included
         TOK_B=(--batch-size 2); PRIOR_B=(--batch-size 8)
-        MIN_BRAIN=90; MIN_NONBRAIN=240; MIN_PRIOR=900; EVAL_N=6; CKPT=100 ;;
-  tiny) N=${SUBJECTS:-6}; VAL=2; WORKERS=2; DEV=cpu; THREADS=1
+        MIN_BRAIN=60; MIN_NONBRAIN=180; MIN_PRIOR=900; EVAL_N=6; CKPT=100 ;;
+  tiny) N=${SUBJECTS:-6}; NTOK=$N; VAL=2; WORKERS=2; DEV=cpu; THREADS=1
         TOK_B=(--batch-size 2 --set model.channels=[4,8] --set model.blocks=[1,1]); PRIOR_B=(--batch-size 8 --set micro_batch=4
         --set model.channels=[8,16] --set model.blocks=1 --set model.head_channels=4 --set model.embed_dim=2)
         MIN_BRAIN=0.15; MIN_NONBRAIN=0.15; MIN_PRIOR=0.2; EVAL_N=1; CKPT=5 ;;
   *) echo "--profile must be gpu, cpu or tiny" >&2; exit 2 ;;
 esac
 OUT=${OUT:-$WORK/bundle-$RES}
-NTRAIN=$(( N - VAL ))
+NTRAIN=$(( N - VAL ))  # prior: subjects 0..N-VAL-1 train, the last VAL are held out
+NTOK_TRAIN=$(( NTOK - VAL ))  # tokenizers learn from fewer subjects (a probe reached 30 dB from 20)
 mkdir -p "$WORK"
 start=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - start )) s] $*"; }
 
 # Stage budgets are totals across resumes (budget_schedule): the lr decays over the whole budget.
-COMMON=(--device "$DEV" --threads "$THREADS" --precision auto --cohort-size "$NTRAIN" --val-subjects "$VAL"
+COMMON=(--device "$DEV" --threads "$THREADS" --precision auto --val-subjects "$VAL"
         --checkpoint-every "$CKPT" --log-every 10 --set budget_schedule=true --set cohort_seed="$COHORT_SEED"
         --steps 10000000 --progress none ${INIT[@]+"${INIT[@]}"})
 
-stamp "cohort: $N subjects, seed $COHORT_SEED, ${RES}³, $WORKERS worker(s)"
-"${NICE[@]}" "$PY" -c "import sys; from cpmae.train.data import prefill_cohort; \
-print('generated', prefill_cohort($RES, $COHORT_SEED, $N, $WORKERS), 'new subjects')"
+prefill() {  # generate subjects 0..$1-1 into the disk cache (skips those already there)
+  stamp "cohort: $1 subjects, seed $COHORT_SEED, ${RES}³, $WORKERS worker(s)"
+  "${NICE[@]}" "$PY" -c "from cpmae.train.data import prefill_cohort; \
+print('generated', prefill_cohort($RES, $COHORT_SEED, $1, $WORKERS), 'new subjects')"
+}
+prefill "$NTOK"
 
 run_stage() {  # name, then the cpmae train arguments; skipped once DONE is written
   local name=$1; shift
@@ -85,9 +90,10 @@ run_stage() {  # name, then the cpmae train arguments; skipped once DONE is writ
 }
 
 run_stage tokenizer-brain tokenizer --part brain --resolution "$RES" --max-minutes "$MIN_BRAIN" \
-  --val-every 500 "${TOK_B[@]}" "${COMMON[@]}"
+  --cohort-size "$NTOK_TRAIN" --val-every 500 "${TOK_B[@]}" "${COMMON[@]}"
 run_stage tokenizer-nonbrain tokenizer --part nonbrain --resolution "$RES" --max-minutes "$MIN_NONBRAIN" \
-  --val-every 500 "${TOK_B[@]}" "${COMMON[@]}"
+  --cohort-size "$NTOK_TRAIN" --val-every 500 "${TOK_B[@]}" "${COMMON[@]}"
+prefill "$N"
 
 if [[ ! -f "$WORK/tokens/manifest.json" ]]; then
   stamp "encode $N subjects"
@@ -101,7 +107,7 @@ SHAPE=()
 if "$PY" -c "import json,sys; sys.exit(0 if json.load(open('$WORK/tokens/manifest.json')).get('shape_maps') else 1)"; then
   SHAPE=(--set model.shape_channels=2)
 fi
-run_stage prior prior --resolution "$RES" --data "$WORK/tokens" --max-minutes "$MIN_PRIOR" \
+run_stage prior prior --resolution "$RES" --data "$WORK/tokens" --max-minutes "$MIN_PRIOR" --cohort-size "$NTRAIN" \
   --val-every 1000 "${PRIOR_B[@]}" ${SHAPE[@]+"${SHAPE[@]}"} "${COMMON[@]}"
 
 stamp "export $OUT"
