@@ -46,9 +46,9 @@ CPMAE=("$PY" -m cpmae)
 NICE=(env)
 VAL=4
 case "$PROFILE" in
-  gpu)  N=${SUBJECTS:-240}; NTOK=$N; WORKERS=$(( $(nproc) > 2 ? $(nproc) - 2 : 1 )); DEV=cuda; THREADS=0
+  gpu)  N=${SUBJECTS:-180}; NTOK=$N; WORKERS=$(( $(nproc) > 2 ? $(nproc) - 2 : 1 )); DEV=cuda; THREADS=0
         TOK_B=(--batch-size 8); PRIOR_B=(--batch-size 32)
-        MIN_BRAIN=1.2; MIN_NONBRAIN=2.0; MIN_PRIOR=3.0; EVAL_N=4; CKPT=200 ;;
+        MIN_BRAIN=1.0; MIN_NONBRAIN=1.8; MIN_PRIOR=2.8; EVAL_N=4; CKPT=200 ;;
   cpu)  N=${SUBJECTS:-500}; NTOK=68; WORKERS=1; DEV=cpu; THREADS=1; NICE=(nice -n 15)
         export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1  # one core of a shared machine, generation included
         TOK_B=(--batch-size 2); PRIOR_B=(--batch-size 8)

@@ -7,7 +7,7 @@ loss, and validates on held-out subjects. The generic loop in ``loop.py`` does t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -21,11 +21,6 @@ from cpmae.train.losses import codebook_stats, psnr, reconstruction_loss, ssim3d
 
 VAL_SALT = 99  # validation crops / noise use their own random stream
 VAL_NOISE_LEVELS = (0.3, 0.6, 0.9)
-
-
-def build_model(task: str, model_config: Dict[str, Any]) -> torch.nn.Module:
-    """Kept for callers of the old name; the one builder is ``cpmae.models.build``."""
-    return build(task, model_config)
 
 
 def cohort_seeds(cfg: TrainConfig) -> List[int]:
