@@ -5,6 +5,7 @@
 #
 #   --profile gpu   one large GPU: whole pipeline in <= 9 min (cohort in parallel worker processes)
 #   --profile cpu   2 shared cores: one thread, nice 15, stage budgets of hours (across resumes)
+# Bash reads a script while running it: for long runs, run a copy (cp it outside the repo first).
 #   --profile tiny  seconds: the CPU smoke test of this script (never ship its weights)
 #
 # usage: Scripts/train_face_weights.sh [--profile gpu|cpu|tiny] [--work DIR] [--out BUNDLE]
@@ -89,9 +90,10 @@ run_stage() {  # name, then the cpmae train arguments; skipped once DONE is writ
   touch "$dir/DONE"
 }
 
-run_stage tokenizer-brain tokenizer --part brain --resolution "$RES" --max-minutes "$MIN_BRAIN" \
-  --cohort-size "$NTOK_TRAIN" --val-every 500 "${TOK_B[@]}" "${COMMON[@]}"
+# the non-brain tokenizer first: it carries the face (its round trip is the first gate)
 run_stage tokenizer-nonbrain tokenizer --part nonbrain --resolution "$RES" --max-minutes "$MIN_NONBRAIN" \
+  --cohort-size "$NTOK_TRAIN" --val-every 500 "${TOK_B[@]}" "${COMMON[@]}"
+run_stage tokenizer-brain tokenizer --part brain --resolution "$RES" --max-minutes "$MIN_BRAIN" \
   --cohort-size "$NTOK_TRAIN" --val-every 500 "${TOK_B[@]}" "${COMMON[@]}"
 prefill "$N"
 
