@@ -15,7 +15,7 @@
 # The cohort seed is recorded in the bundle manifest (data.cohort_seeds); the audit refuses a
 # cohort with that seed, and --eval-seed (held-out metrics) must differ from it.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "${CPMAE_REPO:-$(dirname "$0")/..}"  # CPMAE_REPO: the checkout, when running a copy of this script
 
 PROFILE=gpu
 WORK=/work/runs/face-weights
