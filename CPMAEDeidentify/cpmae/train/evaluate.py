@@ -49,15 +49,22 @@ def _render_detect(img: sitk.Image, iso=None, centre=None):
 
 @torch.no_grad()
 def evaluate_bundle(weights, resolution: int, cohort_seed: int, indices: List[int], steps: Optional[int] = None,
-                    seeds=(0,), device: str = "cpu", render: bool = True) -> Dict:
+                    seeds=(0,), device: str = "cpu", render: bool = True, tokenizer_run=None) -> Dict:
+    """Metrics of bundle ``weights``; with ``tokenizer_run`` (a run folder) only the round trip of
+    that non-brain tokenizer, e.g. while its prior is not trained yet."""
     from cpmae import cohort, facerec
     from cpmae.pipeline import deidentify
     from cpmae.render import camera_centre, skin_threshold
     from cpmae.train.data import normalised
     from cpmae.weights import load_bundle
 
-    bundle = load_bundle(weights, resolution, device)
-    tok = bundle.nonbrain_tokenizer
+    if tokenizer_run is not None:
+        from cpmae.train.tasks import load_tokenizer
+
+        bundle, tok = None, load_tokenizer(tokenizer_run, device)
+    else:
+        bundle = load_bundle(weights, resolution, device)
+        tok = bundle.nonbrain_tokenizer
     rows = []
     t0 = time.perf_counter()
     for i in indices:
@@ -77,7 +84,10 @@ def evaluate_bundle(weights, resolution: int, cohort_seed: int, indices: List[in
             src = _image(vol.image, subj.reference)
             iso, centre = skin_threshold(src), camera_centre(src)
             before = _render_detect(src, iso, centre)
-            if before is not None:
+            if before is not None and bundle is None:
+                after_rt = _render_detect(_image(composed, subj.reference), iso, centre)
+                row["input_face"], row["roundtrip_face"] = before[0], after_rt[0]
+            elif before is not None:
                 after_rt = _render_detect(_image(composed, subj.reference), iso, centre)
                 row["input_face"], row["roundtrip_face"] = before[0], after_rt[0]
                 mask = _image(subj.brain.astype(np.float32), subj.reference)
@@ -90,7 +100,8 @@ def evaluate_bundle(weights, resolution: int, cohort_seed: int, indices: List[in
                     if out[1] is not None and before[1] is not None:
                         row.setdefault("sample_identity_distance", []).append(facerec.distance(out[1], before[1]))
         rows.append(row)
-    return {"weights": bundle.manifest.get("name"), "architecture": bundle.architecture,
+    return {"weights": str(tokenizer_run) if bundle is None else bundle.manifest.get("name"),
+            "architecture": tok.cfg.arch,
             "cohort_seed": cohort_seed, "indices": list(indices), "seconds": round(time.perf_counter() - t0, 1),
             "summary": summarise(rows), "subjects": rows}
 
@@ -115,7 +126,8 @@ def summarise(rows: List[Dict]) -> Dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--weights", required=True)
+    p.add_argument("--weights", help="bundle (folder or shipped name)")
+    p.add_argument("--tokenizer-run", help="or: a non-brain tokenizer run folder (round-trip metrics only)")
     p.add_argument("--resolution", type=int, default=128)
     p.add_argument("--cohort-seed", type=int, required=True)
     p.add_argument("--first", type=int, default=0, help="first held-out subject index")
@@ -125,7 +137,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-render", action="store_true")
     a = p.parse_args(argv)
     res = evaluate_bundle(a.weights, a.resolution, a.cohort_seed, list(range(a.first, a.first + a.count)),
-                          a.steps, device=a.device, render=not a.no_render)
+                          a.steps, device=a.device, render=not a.no_render, tokenizer_run=a.tokenizer_run)
     print(json.dumps(res, indent=1))
     return 0
 
