@@ -895,6 +895,8 @@ class CPMAEDeidentifyTest(ScriptedLoadableModuleTest):
         self.test_before_after_pictures_differ_in_the_face()
         self.setUp()
         self.test_face_qa_views()
+        self.setUp()
+        self.test_scene_close_and_loss_nodes()
 
     def _loadHead(self):
         import SampleData
@@ -970,4 +972,24 @@ class CPMAEDeidentifyTest(ScriptedLoadableModuleTest):
             self.assertIsNotNone(layoutManager.sliceWidget(name), name)
         widget.onDecision(True)
         self.assertEqual(faceqa.nodeDecision(head)["decision"], "approved")
+        self.delayDisplay("Test passed")
+
+    def test_scene_close_and_loss_nodes(self):
+        """Closing the scene stops the busy progress bar; the loss curve's nodes are the panel's."""
+        self.delayDisplay("Scene close and loss nodes")
+        widget = self._widget()
+        widget.initializeParameterNode()
+        widget._startJob(type("Idle", (), {"running": False, "poll": lambda self: False})(), "busy")
+        self.assertEqual(widget.ui.progressBar.maximum, 0)  # busy indicator
+        widget._job = None
+        slicer.mrmlScene.Clear()
+        self.assertEqual(widget.ui.progressBar.maximum, 100)
+        widget._updateLossCurve([(1, 0.5), (2, 0.25)])
+        for className, name in LOSS_NODE_NAMES:
+            node = slicer.mrmlScene.GetFirstNode(name, className)
+            self.assertIsNotNone(node, name)
+            self.assertFalse(node.GetSaveWithScene(), name)
+        widget._removeLossNodes()
+        for className, name in LOSS_NODE_NAMES:
+            self.assertIsNone(slicer.mrmlScene.GetFirstNode(name, className), name)
         self.delayDisplay("Test passed")

@@ -154,3 +154,17 @@ def test_catalogue_field_is_spelled_like_the_manifests_and_old_spelling_still_re
                        "licence": "MIT", "resolution": 128}]}
     (tmp_path / "Models.json").write_text(json.dumps(old), encoding="utf-8")
     assert models.loadCatalogue(tmp_path / "Models.json")[0].license == "MIT"
+
+
+def test_the_resolution_is_the_bundles_own(tmp_path):
+    """The panel runs a model at its own grid (no separate resolution choice to disagree with it)."""
+    from CPMAEDeidentifyLib import models
+
+    assert models.bundleResolution(models.BUILTIN_WEIGHTS / "demo-128") == 128
+    (tmp_path / "manifest.json").write_text(json.dumps({"resolution": 256}), encoding="utf-8")
+    assert models.bundleResolution(tmp_path) == 256
+    (tmp_path / "manifest.json").write_text(json.dumps({"resolution": 200}), encoding="utf-8")
+    with pytest.raises(WeightsError, match="unsupported resolution 200"):
+        models.bundleResolution(tmp_path)
+    entries = {e.name: e.resolution for e in models.loadCatalogue()}
+    assert entries["demo-256"] == 256

@@ -194,3 +194,34 @@ def test_license_is_the_full_apache_2_text():
     text = (REPO / "LICENSE").read_text(encoding="utf-8")
     assert "Apache License" in text and "Version 2.0, January 2004" in text
     assert "END OF TERMS AND CONDITIONS" in text and len(text) > 10000
+
+
+def test_logic_never_opens_a_render_window_inside_slicer():
+    """Face pictures come from `cpmae render` out of process; Slicer's own 3D views draw the rest.
+    A render window (EGL/OSMesa) made inside Slicer's process fights its OpenGL context."""
+    for path in (MODULE / "CPMAEDeidentifyLib").glob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        for banned in ("RenderWindow", "VTK_DEFAULT_OPENGL_WINDOW", "SetOffScreenRendering", "cpmae.render import _"):
+            assert banned not in text, f"{path.name} uses {banned}"
+
+
+def test_engine_error_paths_are_stripped_whatever_the_separator(monkeypatch, tmp_path):
+    """Windows prints C:\\...\\cpmae-job-x\\mask.nii: the node's name, not a temp path, reaches the user."""
+    import os
+
+    from CPMAEDeidentifyLib import logic
+
+    class Node:
+        def GetName(self):
+            return "MRHead"
+
+    class Runner:
+        def errorMessage(self):
+            return f"{work}\\input.nii: not a head; {work}\\mask.nii: empty"
+
+    work = tmp_path / "cpmae-job-x"
+    monkeypatch.setattr(os, "sep", "\\")
+    job = logic.EngineJob(None, Node(), work)
+    job.runner = Runner()
+    monkeypatch.setattr(logic.Path, "__truediv__", lambda self, other: type(self)(f"{self}\\{other}"))
+    assert job.errorMessage() == "MRHead: not a head; mask.nii: empty"

@@ -162,3 +162,31 @@ def test_gpu_query_model_export_and_dependency_check_start_within_the_budget(tmp
     cost, runner = fastest(lambda: training.exportJob("a", "b", "c", tmp_path / "bundle"), 1)
     assert cost < BUDGET_S and runner.running
     runner.cancel(wait=True)
+
+
+def test_the_training_sessions_live_curve_is_the_incremental_reader(tmp_path):
+    """What the panel's timer calls every 100 ms: only new lines are parsed."""
+    from CPMAEDeidentifyLib import training
+
+    session = training.TrainingSession(training.TrainingSettings("", str(tmp_path), steps=10))
+    run = session.runFolder(0)
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": i, "loss": 1.0}) + "\n" for i in range(300_000)),
+                                       encoding="utf-8")
+    assert len(session.lossCurve()) == 300_000
+    cost, points = fastest(session.lossCurve, 1)
+    assert len(points) == 300_000 and cost < 0.01, f"a tick re-read the whole run: {cost * 1000:.0f} ms"
+
+
+def test_setup_binds_the_parameter_node_before_connecting_handlers():
+    """Qt calls slots in connection order: a handler connected before the parameter node's GUI
+    binding reads the node before the widget's new value is in it ("profile" aimed the frontal
+    camera). The view combo's handler also reads the combo itself, which holds after enter()."""
+    setup = widget_methods(WIDGET.read_text(encoding="utf-8"))["setup"]
+    calls = [(node.lineno, node.func.attr) for node in ast.walk(setup)
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)]
+    bind = min(line for line, name in calls if name == "initializeParameterNode")
+    connects = [line for line, name in calls if name == "connect"]
+    assert connects and bind < min(connects)
+    handler = widget_methods(WIDGET.read_text(encoding="utf-8"))["onQAViewChanged"]
+    assert "itemData" in ast.unparse(handler) and "qaView =" in ast.unparse(handler)
