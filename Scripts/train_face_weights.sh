@@ -9,7 +9,8 @@
 #   --profile tiny  seconds: the CPU smoke test of this script (never ship its weights)
 #
 # usage: Scripts/train_face_weights.sh [--profile gpu|cpu|tiny] [--work DIR] [--out BUNDLE]
-#            [--resolution 128] [--cohort-seed 10] [--eval-seed 11] [--subjects N] [--init-from BUNDLE]
+#            [--resolution 128] [--cohort-seed 10] [--eval-seed 11] [--subjects N] [--tok-subjects N]
+#            [--init-from BUNDLE]
 # --init-from: a committed architecture-2 bundle whose weights start every stage that has no
 # checkpoint yet (a replaced machine keeps only the repository).
 # The cohort seed is recorded in the bundle manifest (data.cohort_seeds); the audit refuses a
@@ -24,6 +25,7 @@ RES=128
 COHORT_SEED=10
 EVAL_SEED=11
 SUBJECTS=""
+TOK_SUBJECTS=""
 INIT=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -34,8 +36,9 @@ while [[ $# -gt 0 ]]; do
     --cohort-seed) COHORT_SEED="$2"; shift 2 ;;
     --eval-seed) EVAL_SEED="$2"; shift 2 ;;
     --subjects) SUBJECTS="$2"; shift 2 ;;
+    --tok-subjects) TOK_SUBJECTS="$2"; shift 2 ;;
     --init-from) INIT=(--set "init_from=$2"); shift 2 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -47,14 +50,14 @@ CPMAE=("$PY" -m cpmae)
 NICE=(env)
 VAL=4
 case "$PROFILE" in
-  gpu)  N=${SUBJECTS:-180}; NTOK=$N; WORKERS=$(( $(nproc) > 2 ? $(nproc) - 2 : 1 )); DEV=cuda; THREADS=0
+  gpu)  N=${SUBJECTS:-180}; NTOK=${TOK_SUBJECTS:-$N}; WORKERS=$(( $(nproc) > 2 ? $(nproc) - 2 : 1 )); DEV=cuda; THREADS=0
         TOK_B=(--batch-size 8); PRIOR_B=(--batch-size 32)
         MIN_BRAIN=1.0; MIN_NONBRAIN=1.8; MIN_PRIOR=2.8; EVAL_N=4; CKPT=200 ;;
-  cpu)  N=${SUBJECTS:-500}; NTOK=68; WORKERS=1; DEV=cpu; THREADS=1; NICE=(nice -n 15)
+  cpu)  N=${SUBJECTS:-500}; NTOK=${TOK_SUBJECTS:-36}; WORKERS=1; DEV=cpu; THREADS=1; NICE=(nice -n 15)
         export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1  # one core of a shared machine, generation included
         TOK_B=(--batch-size 2); PRIOR_B=(--batch-size 8)
         MIN_BRAIN=60; MIN_NONBRAIN=180; MIN_PRIOR=900; EVAL_N=6; CKPT=100 ;;
-  tiny) N=${SUBJECTS:-6}; NTOK=$N; VAL=2; WORKERS=2; DEV=cpu; THREADS=1
+  tiny) N=${SUBJECTS:-6}; NTOK=${TOK_SUBJECTS:-$N}; VAL=2; WORKERS=2; DEV=cpu; THREADS=1
         TOK_B=(--batch-size 2 --set model.channels=[4,8] --set model.blocks=[1,1]); PRIOR_B=(--batch-size 8 --set micro_batch=4
         --set model.channels=[8,16] --set model.blocks=1 --set model.head_channels=4 --set model.embed_dim=2)
         MIN_BRAIN=0.15; MIN_NONBRAIN=0.15; MIN_PRIOR=0.2; EVAL_N=1; CKPT=5 ;;
