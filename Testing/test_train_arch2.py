@@ -327,3 +327,25 @@ def test_warm_start_from_a_bundle_when_the_run_has_no_checkpoint(tmp_path):
     assert all(torch.equal(got[k], want[k]) for k in want)
     with pytest.raises(InputError, match="another architecture"):
         train(prior2_config(tokens, steps=0, init_from="demo-128"), tmp_path / "wrong")
+
+
+def test_evaluate_reports_round_trip_metrics(tmp_path, monkeypatch):
+    """The held-out evaluation runs on a bundle (here random, on a phantom subject, no renders)."""
+    from cpmae import cohort
+    from cpmae.conditions import grid_reference
+    from cpmae.train.evaluate import evaluate_bundle
+    from cpmae.weights import save_bundle
+
+    img, brain = phantom_arrays(128)
+
+    def fake_subject(index, grid, seed=0):
+        return cohort.Subject(img * 1000.0, brain, "phantom", {}, grid_reference(img.shape, 2.0))
+
+    monkeypatch.setattr(cohort, "generate_subject", fake_subject)
+    torch.manual_seed(0)
+    tok = build("tokenizer", dict(TINY2_TOK, in_size=128))
+    prior = build("prior", dict(TINY2_PRIOR, codebook_size=12800, levels=LEVELS, token_size=32))
+    bundle = save_bundle(tmp_path / "b", tok, tok, prior, 128, {"training_data": "none"})
+    res = evaluate_bundle(bundle, 128, 5, [0], render=False)
+    s = res["summary"]
+    assert res["architecture"] == 2 and np.isfinite(s["face_psnr_db"]) and s["skin_distance_mm"] >= 0
