@@ -108,6 +108,14 @@ def test_a_face_check_that_cannot_run_is_flagged_not_fatal(head, monkeypatch):
     assert c["checks"]["brain"]["result"] == "pass"
 
 
+def test_pose_is_the_audit_brain_frame_with_a_fallback(head, monkeypatch):
+    x, mask, outputs = head
+    assert selfcheck.self_check(x, outputs["ORIGINAL"], mask)["pose"] == selfcheck.POSE_FRAME
+    monkeypatch.setattr(selfcheck, "brain_pose", lambda image, mask: None)  # offline: no reference brain
+    c = selfcheck.self_check(x, outputs["ORIGINAL"], mask)
+    assert c["pose"] == selfcheck.POSE_CENTROID and set(c["flagged"]) == {"identity", "changed"}
+
+
 def test_boundary_step_measures_the_step_across_the_mask():
     brain = np.zeros((8, 8, 8), bool)
     brain[2:6, 2:6, 2:6] = True

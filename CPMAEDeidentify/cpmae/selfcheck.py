@@ -18,11 +18,15 @@ record and the batch manifest (``cpmae review`` shows them). Five checks, each `
 * ``changed`` — fraction of the input's non-brain head voxels that changed (an output that
   passes the original face through changes none); flagged below ``CHANGED_FRACTION_MIN``.
 
-The pose is fixed to the brain, not to the head: both renders are orthographic frontal views of the
-canonical LPS frame (``cpmae.render``) with the camera aimed at the brain mask's centroid, and the
-output is rendered with the input's skin threshold. The brain is bit-identical in both, so the
-pictures are taken from the same place relative to the brain whatever the new head's size. (A
-rotation fitted to the brain is not applied: the scanner's frame is kept.)
+The pose is fixed to the brain, not to the head, and is the audit's (``cpmae.audit.pose``): the
+input's brain is registered rigidly to the reference brain (pydeface's averaged head), and input
+and output are both resampled into that brain frame and rendered from its fixed frontal camera,
+the output with the input's skin threshold. The brain is bit-identical in both, so both pictures
+are taken from the same place relative to it, whatever the scan's tilt or the new head's size,
+and the identity distance is measured like the audit's attacker sees faces. Where the reference
+cannot be had (it is downloaded from PyPI and brain-masked once per machine: an offline server)
+or registration fails, the fallback is the scanner's frame with the camera on the brain mask's
+centroid; ``pose`` in the record says which was used.
 
 ``run_checked`` applies the user's policy to a flagged output: ``mark`` (keep it, flagged),
 ``retry`` (sample again with the next seeds, up to ``retries`` more times, keep the attempt with the
@@ -48,7 +52,8 @@ SEAM_RATIO_LIMIT = 1.5
 # A remodeled head changes nearly every non-brain head voxel; the original face passed through
 # changes none. Half is far from both.
 CHANGED_FRACTION_MIN = 0.5
-POSE = "frontal, orthographic, camera on the brain mask centroid (canonical LPS frame)"
+POSE_FRAME = "brain frame (cpmae.audit.pose: brain registered to the reference brain), frontal, orthographic"
+POSE_CENTROID = "scanner frame, frontal, orthographic, camera on the brain mask centroid (no brain reference)"
 EXIT_FLAGGED = 5  # `cpmae deidentify --on-flag fail`: the output was flagged and not written
 
 
@@ -76,16 +81,35 @@ def brain_centre(mask: sitk.Image) -> np.ndarray:
     return np.asarray(mask.TransformContinuousIndexToPhysicalPoint([float(zyx[2]), float(zyx[1]), float(zyx[0])]))
 
 
+def brain_pose(image: sitk.Image, mask: sitk.Image):
+    """(reference, transform) of the audit's brain frame for this scan, or None where it cannot be had."""
+    try:
+        from cpmae.audit import pose
+
+        ref = pose.reference()
+        return ref, pose.brain_transform(image, mask, ref)
+    except Exception:  # offline (no reference head), or a registration that fails: fall back
+        return None
+
+
 def frontal_renders(image: sitk.Image, output: sitk.Image, mask: sitk.Image, size=RENDER_SIZE,
                     iso: Optional[float] = None):
-    """(input picture, output picture, skin iso): frontal renders in the brain-fixed pose."""
+    """(input picture, output picture, pose name): frontal renders in the brain-fixed pose."""
     from cpmae.render import render_face, skin_threshold
 
     iso = skin_threshold(image) if iso is None else iso
+    framed = brain_pose(image, mask)
+    if framed is not None:
+        from cpmae.audit.pose import to_frame
+
+        ref, transform = framed
+        pictures = [render_face(to_frame(img, transform, ref), "frontal", size=size, iso=iso, centre=ref.focus)
+                    for img in (image, output)]
+        return pictures[0], pictures[1], POSE_FRAME
     centre = brain_centre(mask)
     before = render_face(image, "frontal", size=size, iso=iso, centre=centre)
     after = render_face(output, "frontal", size=size, iso=iso, centre=centre)
-    return before, after, iso
+    return before, after, POSE_CENTROID
 
 
 def _bbox(brain: np.ndarray, margin: int = 2):
@@ -161,8 +185,9 @@ def self_check(image: sitk.Image, output: sitk.Image, mask: sitk.Image, size=REN
                              input_step=seam["input_step"], output_step=seam["output_step"],
                              unit="brain-boundary step, output / input")
 
+    pose = None
     try:
-        before, after, _ = frontal_renders(image, output, mask, size, iso)
+        before, after, pose = frontal_renders(image, output, mask, size, iso)
         rec = recognizer()
         faces_after, faces_before = rec.faces(after), rec.faces(before)
     except Exception as exc:  # no EGL, odd geometry...: the face checks could not run, and that shows
@@ -176,7 +201,7 @@ def self_check(image: sitk.Image, output: sitk.Image, mask: sitk.Image, size=REN
 
     ordered = {name: checks[name] for name in CHECKS}
     flagged = [name for name, c in ordered.items() if c["result"] == "flag"]
-    return {"passed": not flagged, "flagged": flagged, "checks": ordered, "pose": POSE,
+    return {"passed": not flagged, "flagged": flagged, "checks": ordered, "pose": pose,
             "seconds": round(time.perf_counter() - t0, 3)}
 
 
