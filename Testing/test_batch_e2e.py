@@ -126,8 +126,9 @@ def test_real_cli_killed_mid_case_then_rerun(real_bids, random_bundle, tmp_path)
             proc.kill()
     assert not (out / "sub-02/anat/sub-02_T1w.nii.gz").exists()
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
     oks = [r for r in read_manifests(out / "logs") if r["status"] == "ok"]
+    flagged = sum(bool((r.get("self_check") or {}).get("flagged")) for r in oks)  # random weights: random faces
+    assert rerun.returncode == flagged and " 0 failed" in rerun.stderr, rerun.stderr[-2000:]
     assert sorted(r["case"] for r in oks) == ["sub-01/ses-baseline/anat/sub-01_ses-baseline_T1w.nii.gz",
                                              "sub-02/anat/sub-02_T1w.nii.gz"]
     for r in oks:
