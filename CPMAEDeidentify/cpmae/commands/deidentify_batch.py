@@ -65,6 +65,8 @@ def run(args) -> int:
         return EXIT_BATCH_ERROR
     for case_id, error in summary.failed:
         print(f"cpmae: failed: {error}", file=sys.stderr)
+    for case_id in summary.flagged:
+        print(f"cpmae: flagged by the self-check: {case_id} (see `cpmae review`)", file=sys.stderr)
     print(f"cpmae deidentify-batch: {summary.total} cases ({summary.layout}): {summary.ok} done now, "
           f"{summary.already_done} already done, {len(summary.failed)} failed, {len(summary.flagged)} flagged "
           f"by the self-check; manifest {summary.manifest}", file=sys.stderr)
