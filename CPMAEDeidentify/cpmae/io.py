@@ -32,7 +32,7 @@ from typing import Any, Iterable, List, Mapping, Optional, Sequence, Tuple, Unio
 import numpy as np
 import SimpleITK as sitk
 
-from cpmae.atomic import TEMP_MARK, atomic_paths
+from cpmae.atomic import TEMP_MARK, atomic_paths, fsync_file, storage_error
 from cpmae.dataset import IMAGE_FORMATS, image_suffix
 from cpmae.errors import InputError, OutputError
 
@@ -436,7 +436,7 @@ def write_images(images: Sequence[Tuple[sitk.Image, PathLike]], overwrite: bool 
     order = list(range(1, len(images))) + [0]  # the main image is published last
     targets = [finals[i] for i in order]
     suffixes = [exts[i] for i in order]
-    checks = [_image_verifier(paths[i], images[i][0]) for i in order]
+    checks: List = [None] * len(order)  # images are verified in the block, before the record is made
     record = provenance_path(finals[0]) if provenance is not None else None
     if record is not None:
         targets.insert(len(targets) - 1, record)
@@ -445,7 +445,11 @@ def write_images(images: Sequence[Tuple[sitk.Image, PathLike]], overwrite: bool 
     with atomic_paths(targets, suffixes, checks) as temps:
         for i, tmp in zip(order, [t for t, dst in zip(temps, targets) if dst != record]):
             _write_image_file(images[i][0], tmp, exts[i], paths[i])
-            verify_image_file(tmp, images[i][0].GetSize(), name=paths[i])
+            try:
+                fsync_file(tmp)  # a delayed ENOSPC surfaces here
+            except OSError as exc:
+                raise storage_error(exc, paths[i]) from None
+            verify_image_file(tmp, images[i][0].GetSize(), name=paths[i])  # before its record is made from it
         if record is not None:
             from cpmae.atomic import bytes_verifier, write_into
             from cpmae.provenance import file_sha256
@@ -458,10 +462,6 @@ def write_images(images: Sequence[Tuple[sitk.Image, PathLike]], overwrite: bool 
             except OutputError as exc:
                 raise OutputError(exc.problem, path=record) from None
     return paths
-
-
-def _image_verifier(name: Path, img: sitk.Image):
-    return lambda tmp: verify_image_file(tmp, img.GetSize(), name=name)
 
 
 def _write_image_file(img: sitk.Image, tmp: Path, ext: str, name: Path) -> None:
