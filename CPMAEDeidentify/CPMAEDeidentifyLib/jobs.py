@@ -175,7 +175,9 @@ class JobRunner:
     """One engine process: start, poll events, wait, cancel.
 
     ``prepare()`` (optional) runs on the worker thread before the process starts (e.g. writing
-    the input file); an exception from it fails the job with its message.
+    the input file); an exception from it fails the job with its message. ``collect()``
+    (optional) runs on a worker after a successful exit and reads the results into memory
+    (``runner.collected``), so that ``onFinished`` only hands them to the scene.
     ``onEvent(JobEvent)`` is called from ``poll()``/``wait()`` only, on the caller's thread.
     ``onFinished(runner)`` runs once when the process has ended, before the ``cleanupPaths``
     (files or folders) are removed, whatever the outcome; it is where results are read back.
@@ -185,11 +187,15 @@ class JobRunner:
     def __init__(self, command: Sequence[str], onEvent: Optional[Callable[[JobEvent], None]] = None,
                  cleanupPaths: Sequence[Path] = (), env: Optional[dict] = None, cwd: Optional[str] = None,
                  onFinished: Optional[Callable[["JobRunner"], None]] = None,
-                 prepare: Optional[Callable[[], None]] = None):
+                 prepare: Optional[Callable[[], None]] = None, collect: Optional[Callable[[], object]] = None):
         self.command = [str(c) for c in command]
         self.onEvent = onEvent
         self.onFinished = onFinished
         self.prepare = prepare
+        self.collect = collect  # after a successful exit, on a worker: read the results (files -> memory)
+        self.collected = None
+        self._collector: Optional[threading.Thread] = None
+        self._collectError: Optional[str] = None
         self.finishError: Optional[str] = None
         self.cleanupPaths = [Path(p) for p in cleanupPaths]
         self.env = env if env is not None else engineEnvironment()
@@ -294,8 +300,22 @@ class JobRunner:
         for t in self._threads:
             t.join(timeout=0.02)  # output written just before the exit; never wait on a held pipe
         self._drain()
+        if self.collect is not None and self._process.returncode == 0 and not self._cancelRequested:
+            if self._collector is None:
+                self._collector = threading.Thread(target=self._collect, daemon=True)
+                self._collector.start()
+            if self._collector.is_alive():
+                return True
+            if self._collectError is not None:
+                self.finishError = self._collectError
         self._finish(self._process.returncode)
         return False
+
+    def _collect(self) -> None:
+        try:
+            self.collected = self.collect()
+        except Exception as exc:  # unreadable results: the job fails with this message
+            self._collectError = str(exc) or type(exc).__name__
 
     def _deliver(self, event: JobEvent) -> None:
         self.events.append(event)
@@ -350,7 +370,7 @@ class JobRunner:
         self.returncode = returncode
         if self._cancelRequested:
             self.state = CANCELLED
-        elif returncode == 0:
+        elif returncode == 0 and self._collectError is None:
             self.state = SUCCEEDED
         else:
             self.state = FAILED

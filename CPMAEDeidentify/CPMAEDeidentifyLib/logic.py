@@ -130,31 +130,39 @@ class DeidentifyJob(EngineJob):
         self.outputName = outputName
         self.showMask = showMask
 
-    def _finished(self, runner: jobs.JobRunner) -> None:
-        if runner.state != jobs.SUCCEEDED:
-            return
+    def collect(self) -> dict:
+        """On the job's worker thread: read and check the engine's files, voxels ready for VTK."""
         import SimpleITK as sitk
 
-        inputMatrix = volumes.ijkToRasMatrix(self.inputNode)
+        image = sitk.ReadImage(str(self.workDir / "output.nii"))
+        if image.GetSize() != self.inputDims:
+            raise errors.OutputError(f"the engine returned a {image.GetSize()} grid for a {self.inputDims} input",
+                                     path=self.outputName)
+        if not volumes.sameGeometry(volumes.geometryFromImage(image), self.inputMatrix):
+            raise errors.OutputError("the engine's output is not on the input geometry", path=self.outputName)
+        collected = {"imageData": volumes.imageDataFromImage(image), "mask": None}
+        maskPath = self.workDir / "mask-out.nii"
+        if maskPath.is_file():
+            collected["mask"] = sitk.ReadImage(str(maskPath))
+        return collected
+
+    def _finished(self, runner: jobs.JobRunner) -> None:
+        """On the caller's thread: hand the collected voxels to new nodes (no reading, no histogram)."""
+        if runner.state != jobs.SUCCEEDED:
+            return
+        collected = runner.collected
         try:
-            image = sitk.ReadImage(str(self.workDir / "output.nii"))
-            if image.GetSize() != tuple(self.inputNode.GetImageData().GetDimensions()):
-                raise errors.OutputError(f"the engine returned a {image.GetSize()} grid for a "
-                                         f"{self.inputNode.GetImageData().GetDimensions()} input", path=self.outputName)
-            if not volumes.sameGeometry(volumes.geometryFromImage(image), inputMatrix):
-                raise errors.OutputError("the engine's output is not on the input geometry", path=self.outputName)
+            inputDisplay = self.inputNode.GetDisplayNode()
+            windowLevel = None
+            if inputDisplay is not None and inputDisplay.IsA("vtkMRMLScalarVolumeDisplayNode"):
+                windowLevel = (inputDisplay.GetWindow(), inputDisplay.GetLevel())
             # the input node's exact IJK-to-RAS, not the float32-rounded NIfTI header
-            node = self._addNode(volumes.addVolumeNodeFromImage(self.logic.context.scene, image, self.outputName,
-                                                                ijkToRas=inputMatrix))
+            node = self._addNode(volumes.addVolumeNodeFromImageData(
+                self.logic.context.scene, collected["imageData"], self.outputName, self.inputMatrix, windowLevel))
             # same place in the world: a registration transform on the input applies to the output too
             node.SetAndObserveTransformNodeID(self.inputNode.GetTransformNodeID())
-            inputDisplay, outputDisplay = self.inputNode.GetDisplayNode(), node.GetDisplayNode()
-            if inputDisplay is not None and outputDisplay is not None and inputDisplay.IsA("vtkMRMLScalarVolumeDisplayNode"):
-                outputDisplay.SetAutoWindowLevel(False)
-                outputDisplay.SetWindowLevel(inputDisplay.GetWindow(), inputDisplay.GetLevel())
-            maskPath = self.workDir / "mask-out.nii"
-            if maskPath.is_file():
-                mask = sitk.ReadImage(str(maskPath))
+            mask = collected["mask"]
+            if mask is not None:
                 maskNode = None
                 if self.showMask:
                     maskNode = self._addNode(segmentation.addSegmentationFromMask(
@@ -177,11 +185,11 @@ class CPMAEDeidentifyLogic:
         return Path(tempfile.mkdtemp(prefix="cpmae-job-", dir=self.tempRoot))
 
     def _start(self, job: EngineJob, command: List[str], onEvent: EventCallback, waitForCompletion: bool,
-               prepare=None):
+               prepare=None, collect=None):
         """Start ``command`` on a worker thread (``prepare`` first writes its inputs there), so
         the caller (the GUI thread) only pays for copying voxels out of the nodes."""
         job.runner = jobs.JobRunner(command, onEvent=onEvent, cleanupPaths=[job.workDir],
-                                    onFinished=job._finished, prepare=prepare)
+                                    onFinished=job._finished, prepare=prepare, collect=collect)
         job.runner.start()
         if waitForCompletion:
             job.wait()
@@ -231,6 +239,8 @@ class CPMAEDeidentifyLogic:
         if maskNode is not None:
             inputs["mask.nii"] = self.maskImage(maskNode, inputNode)
         job = DeidentifyJob(self, inputNode, self._workDir(), outputName, showMask)
+        job.inputDims = tuple(inputNode.GetImageData().GetDimensions())
+        job.inputMatrix = volumes.ijkToRasMatrix(inputNode)
         work = job.workDir
         command = jobs.engineCommand("deidentify", str(work / "input.nii"), str(work / "output.nii"),
                                      "--mask-out", str(work / "mask-out.nii"), "--progress", "json",
@@ -247,7 +257,7 @@ class CPMAEDeidentifyLogic:
             for name, data in inputs.items():
                 volumes.writeImage(data if isinstance(data, sitk.Image) else volumes.imageFromSnapshot(data), work / name)
 
-        return self._start(job, command, onEvent, waitForCompletion, prepare=prepare)
+        return self._start(job, command, onEvent, waitForCompletion, prepare=prepare, collect=job.collect)
 
     def renderFaces(self, beforeNode, afterNode, outputDir, views: Optional[Sequence[str]] = None, size: int = 320,
                     waitForCompletion: bool = True, onEvent: EventCallback = None) -> "RenderJob":

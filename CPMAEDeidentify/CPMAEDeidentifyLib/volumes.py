@@ -123,3 +123,33 @@ def addVolumeNodeFromImage(scene, image, name: str, className: str = "vtkMRMLSca
 def sameGeometry(matrixA: np.ndarray, matrixB: np.ndarray, tolerance: float = 1e-4) -> bool:
     """True when two IJK-to-RAS matrices agree (NIfTI stores them in float32, hence a tolerance)."""
     return bool(np.allclose(matrixA, matrixB, atol=tolerance, rtol=0))
+
+
+def imageDataFromImage(image):
+    """A vtkImageData holding a copy of ``image``'s voxels (no geometry: Slicer keeps it in the
+    node). Made on a job's worker thread: nothing in the scene refers to it yet."""
+    import vtk
+    from vtk.util.numpy_support import numpy_to_vtk
+    import SimpleITK as sitk
+
+    array = sitk.GetArrayViewFromImage(image)
+    imageData = vtk.vtkImageData()
+    imageData.SetDimensions(*image.GetSize())
+    scalars = numpy_to_vtk(np.ascontiguousarray(array).ravel(), deep=True)
+    imageData.GetPointData().SetScalars(scalars)
+    return imageData
+
+
+def addVolumeNodeFromImageData(scene, imageData, name: str, ijkToRas: np.ndarray, windowLevel=None):
+    """New scalar volume node around ready voxels: cheap on the GUI thread. With ``windowLevel``
+    the display starts with it instead of computing an automatic one (a histogram of every voxel)."""
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    display = scene.AddNewNodeByClass("vtkMRMLScalarVolumeDisplayNode")
+    display.SetDefaultColorMap()
+    if windowLevel is not None:
+        display.SetAutoWindowLevel(False)
+        display.SetWindowLevel(*windowLevel)
+    node.SetAndObserveDisplayNodeID(display.GetID())
+    setIjkToRasMatrix(node, ijkToRas)
+    node.SetAndObserveImageData(imageData)
+    return node

@@ -83,7 +83,7 @@ def scene_256():
     context = SlicerContext.standalone()
     rng = np.random.default_rng(0)
     image = sitk.GetImageFromArray(rng.integers(0, 1000, (256, 256, 256), dtype=np.int16))
-    node = volumes.addVolumeNodeFromImage(context.scene, image, "head256")
+    node = volumes.addVolumeNodeFromImage(context.scene, image, "head256")  # its display: automatic W/L once
     assert slicer.util.arrayFromVolume(node).shape == (256, 256, 256)
     return context, node
 
@@ -116,6 +116,35 @@ def test_starting_and_cancelling_a_remodel_and_each_timer_tick_fit_the_budget(sc
             time.sleep(0.02)
         assert max(ticks) < BUDGET_S, f"a timer tick took {max(ticks) * 1000:.0f} ms"
         assert job.state == jobs.CANCELLED
+
+
+def test_finishing_a_256_remodel_hands_the_result_to_the_scene_within_the_budget(scene_256, tmp_path, monkeypatch):
+    """Reading the engine's output and building its voxels happen on the job's worker; the
+    timer tick that finishes the job only creates the node (no automatic window/level)."""
+    import slicer
+
+    from CPMAEDeidentifyLib import jobs
+    from CPMAEDeidentifyLib.logic import CPMAEDeidentifyLogic
+
+    context, head = scene_256
+    engine = tmp_path / "engine.py"  # "deidentify IN OUT ...": returns the input unchanged
+    engine.write_text("import json, shutil, sys\nshutil.copyfile(sys.argv[2], sys.argv[3])\n"
+                      "print(json.dumps({'event': 'result'}), flush=True)\n", encoding="utf-8")
+    monkeypatch.setattr(jobs, "engineCommand", lambda *args: [sys.executable, str(engine), *args])
+    job = CPMAEDeidentifyLogic(context, tempRoot=str(tmp_path)).process(head, waitForCompletion=False)
+    ticks = []
+    deadline = time.monotonic() + 120
+    while True:
+        tick, running = fastest(job.poll, 1)
+        ticks.append(tick)
+        if not running:
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert job.state == jobs.SUCCEEDED, job.errorMessage()
+    assert np.array_equal(slicer.util.arrayFromVolume(job.outputNode), slicer.util.arrayFromVolume(head))
+    assert job.outputNode.GetDisplayNode() is not None
+    assert max(ticks) < BUDGET_S, f"the finishing tick took {max(ticks) * 1000:.0f} ms"
 
 
 def test_starting_the_png_export_fits_the_budget(scene_256, tmp_path, monkeypatch):
