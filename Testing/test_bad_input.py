@@ -7,6 +7,7 @@ output, no temporary file) in the output folder.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import struct
 from pathlib import Path
@@ -343,6 +344,21 @@ def test_pickled_weights_are_never_unpickled(tiny_weights, phantom_files, tmp_pa
     bad = _tampered_bundle(tiny_weights, tmp_path, content=pickle.dumps({"w": Payload()}))
     weights_refused(bad, phantom_files, tmp_path, capsys, bad / "prior.safetensors", "never unpickled")
     assert not marker.exists()
+
+
+def test_weights_file_that_cannot_be_read(tiny_weights, phantom_files, tmp_path, capsys):
+    bad = _tampered_bundle(tiny_weights, tmp_path)
+    (bad / "prior.safetensors").unlink()
+    (bad / "prior.safetensors").mkdir()  # unreadable as a file, also for root
+    weights_refused(bad, phantom_files, tmp_path, capsys, bad / "prior.safetensors", "missing")
+    (bad / "prior.safetensors").rmdir()
+    (bad / "prior.safetensors").symlink_to(bad / "prior.safetensors")  # a symlink loop: ELOOP on open
+    weights_refused(bad, phantom_files, tmp_path, capsys, bad / "prior.safetensors", "cannot read the weights file")
+    (bad / "prior.safetensors").unlink()
+    shutil.copy(tiny_weights / "prior.safetensors", bad / "prior.safetensors")
+    os.chmod(bad / "prior.safetensors", 0)
+    if os.geteuid() != 0:  # root reads it anyway
+        weights_refused(bad, phantom_files, tmp_path, capsys, bad / "prior.safetensors", "cannot read the weights file")
 
 
 @pytest.mark.parametrize("edit, phrase", [

@@ -96,6 +96,8 @@ def read_manifest(path: Path) -> dict:
         raise WeightsError("manifest.json missing", path=path) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise WeightsError(f"manifest.json is not valid JSON ({exc})", path=mf) from None
+    except OSError as exc:
+        raise WeightsError(f"cannot read manifest.json ({exc.strerror or exc})", path=mf) from None
     if not isinstance(manifest, dict):
         raise WeightsError("manifest.json is not a JSON object", path=mf)
     if manifest.get("format") != FORMAT:
@@ -131,7 +133,11 @@ def check_manifest(manifest: dict, path: Path) -> None:
         if not isinstance(f, str) or not f:
             raise WeightsError(f"manifest.json gives no file for {name}", path=mf)
         rel = Path(f)
-        if rel.is_absolute() or ".." in rel.parts or not (path / rel).resolve().is_relative_to(root):
+        try:
+            target = (path / rel).resolve()
+        except (RuntimeError, OSError):  # a symlink loop
+            raise WeightsError(f"cannot read the weights file for {name} (symlink loop)", path=path / rel) from None
+        if rel.is_absolute() or ".." in rel.parts or not target.is_relative_to(root):
             raise WeightsError(f"manifest.json points {name} to {f!r}, outside the bundle folder; refusing to "
                                "read it", path=mf)
         if not isinstance(entry.get("sha256"), str) or not _SHA256.fullmatch(entry["sha256"]):
@@ -144,7 +150,10 @@ def _load_state(path: Path, entry: dict) -> dict:
     f = path / entry["file"]
     if not f.is_file():
         raise WeightsError("weights file listed in manifest.json is missing", path=f)
-    digest = sha256_file(f)
+    try:
+        digest = sha256_file(f)
+    except OSError as exc:
+        raise WeightsError(f"cannot read the weights file ({exc.strerror or exc})", path=f) from None
     if digest != entry["sha256"]:
         raise WeightsError(f"sha256 mismatch: file has {digest[:12]}…, manifest says {entry['sha256'][:12]}…; "
                            "the file is corrupted or was replaced, refusing to use it", path=f)
