@@ -13,6 +13,7 @@ Console use::
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -228,10 +229,12 @@ class CPMAEDeidentifyLogic:
         import SimpleITK as sitk
 
         self._checkInput(inputNode)
-        if resolution not in (128, 256):
-            raise errors.InputError(f"resolution must be 128 or 256, not {resolution}")
-        if device not in ("auto", "cpu", "cuda"):
-            raise errors.InputError(f"device must be auto, cpu or cuda, not {device!r}")
+        from cpmae.geometry import GRIDS
+
+        if resolution not in GRIDS:
+            raise errors.InputError(f"resolution must be one of {sorted(GRIDS)}, not {resolution}")
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(device)):  # the engine checks the machine has it
+            raise errors.InputError(f"device must be auto, cpu, cuda or cuda:N, not {device!r}")
         outputName = outputName or f"{inputNode.GetName()}_deidentified"
         # voxels are copied out of the nodes here (caller's thread: MRML is not thread-safe);
         # the files are written by the job's worker thread

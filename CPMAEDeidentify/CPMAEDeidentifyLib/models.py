@@ -102,7 +102,9 @@ def bundleResolution(folder) -> int:
         resolution = int(json.loads(manifest.read_text(encoding="utf-8"))["resolution"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise WeightsError(f"cannot read the bundle's resolution ({exc})", path=manifest) from exc
-    if resolution not in (128, 256):
+    from cpmae.geometry import GRIDS
+
+    if resolution not in GRIDS:
         raise WeightsError(f"unsupported resolution {resolution}", path=manifest)
     return resolution
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -41,7 +40,7 @@ from cpmae.atomic import (STORAGE_ERRNOS, ensure_output_dir, fsync_dir, remove_s
                           write_text_atomic)
 from cpmae.dataset import IMAGE_SUFFIXES, find_scans, image_suffix, strip_image_suffix
 from cpmae.errors import Cancelled, CPMAEError, InputError, OutputError, WeightsError
-from cpmae.hashing import CHUNK_BYTES
+from cpmae.hashing import sha256_files
 from cpmae.progress import Reporter
 from cpmae.provenance import SUFFIX as PROVENANCE_SUFFIX, provenance_path, write_provenance
 from cpmae.pseudonym import resolve_key, seed_for_subject, shard_of, subject_of
@@ -418,19 +417,16 @@ def input_fingerprint(path: Path) -> Tuple[str, Tuple[Tuple[int, int, int, int],
     """
     files = input_files(path)
     stats = []
-    h = hashlib.sha256()
     try:
         for f in files:
             st = os.stat(f)
             stats.append((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
-            with open(f, "rb") as fh:
-                for block in iter(lambda: fh.read(CHUNK_BYTES), b""):
-                    h.update(block)
+        digest = sha256_files(files)
     except FileNotFoundError:
         raise InputError("input file disappeared", path=path) from None
     except OSError as exc:
         raise InputError(f"cannot read the input ({exc.strerror or exc})", path=path) from None
-    return h.hexdigest(), tuple(stats)
+    return digest, tuple(stats)
 
 
 # --------------------------------------------------------------------------- the run

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Union
+from typing import Iterable, Union
 
 CHUNK_BYTES = 1 << 20  # streamed: a scan or a weights file can be hundreds of MB
 
@@ -15,4 +15,14 @@ def sha256_file(path: Union[str, Path], chunk: int = CHUNK_BYTES) -> str:
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(chunk), b""):
             h.update(block)
+    return h.hexdigest()
+
+
+def sha256_files(paths: Iterable[Union[str, Path]], chunk: int = CHUNK_BYTES) -> str:
+    """Hex sha256 of several files' bytes in the order given (a detached header, then its data)."""
+    h = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(chunk), b""):
+                h.update(block)
     return h.hexdigest()
