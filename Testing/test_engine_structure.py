@@ -93,3 +93,21 @@ def test_every_command_module_imports_and_registers():
     assert [c.replace("_", "-") for c in cli.COMMANDS] == list(choices)
     for name in cli.COMMANDS:
         assert callable(importlib.import_module(f"cpmae.commands.{name}").register)
+
+
+def _engine_sources():
+    return {p.relative_to(PACKAGE).as_posix(): p.read_text(encoding="utf-8") for p in PACKAGE.rglob("*.py")}
+
+
+@pytest.mark.parametrize("fact, pattern, home", [
+    ("the image suffixes", r'"\.mhd"', {"dataset.py"}),
+    ("the model grids", r"\(128, 256\)|\{128: |choices=\(128", {"geometry.py"}),
+    ("the file hash", r"hashlib\.sha256\(\)", {"hashing.py"}),
+    ("the device rule", r'"cuda" if torch\.cuda\.is_available\(\)', {"device.py"}),
+    ("the mask-name rule", r"\"_mask\"|'mask' in|\"mask\" in", {"dataset.py"}),
+])
+def test_each_fact_is_written_in_one_module(fact, pattern, home):
+    import re
+
+    found = {name for name, text in _engine_sources().items() if re.search(pattern, text)}
+    assert found <= home, f"{fact} restated in {sorted(found - home)}: import it from {sorted(home)}"

@@ -38,7 +38,8 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 from cpmae import __version__
 from cpmae.atomic import (STORAGE_ERRNOS, ensure_output_dir, fsync_dir, remove_stale_temps, storage_error,
                           write_text_atomic)
-from cpmae.dataset import IMAGE_SUFFIXES, find_scans, image_suffix, strip_image_suffix
+from cpmae.dataset import (DETACHED_HEADER_SUFFIXES, IMAGE_FORMATS, IMAGE_SUFFIXES, WRITABLE_SUFFIXES, find_scans,
+                           image_suffix, strip_image_suffix)
 from cpmae.errors import Cancelled, CPMAEError, InputError, OutputError, WeightsError
 from cpmae.hashing import sha256_files
 from cpmae.progress import Reporter
@@ -47,8 +48,7 @@ from cpmae.pseudonym import resolve_key, seed_for_subject, shard_of, subject_of
 from cpmae.sidecar import write_scrubbed_sidecar
 
 #: outputs keep the input's format where ``cpmae.io.write_image`` can write it, else become NRRD
-OUTPUT_SUFFIX = {".nii.gz": ".nii.gz", ".nii": ".nii", ".nrrd": ".nrrd", ".nhdr": ".nrrd", ".mha": ".nrrd",
-                 ".mhd": ".nrrd"}
+OUTPUT_SUFFIX = {s: s if s in WRITABLE_SUFFIXES else ".nrrd" for s in IMAGE_SUFFIXES}
 LOG_DIR = "logs"
 STAGING_DIR = ".cpmae-staging"
 MAX_EXIT_FAILED = 100
@@ -387,7 +387,7 @@ def input_files(path: Path) -> List[Path]:
     header (``.mhd`` ``ElementDataFile``, ``.nhdr`` ``data file``) when it names one file."""
     files = [path]
     suffix = image_suffix(path.name)
-    if suffix not in (".mhd", ".nhdr"):
+    if suffix not in DETACHED_HEADER_SUFFIXES:
         return files
     try:
         with open(path, "rb") as fh:
@@ -395,7 +395,7 @@ def input_files(path: Path) -> List[Path]:
     except OSError:
         return files
     for line in head.splitlines():
-        key, sep, value = line.partition("=" if suffix == ".mhd" else ":")
+        key, sep, value = line.partition(":" if IMAGE_FORMATS[suffix] == "NRRD" else "=")
         key, value = key.strip().lower(), value.strip()
         if sep and key in ("elementdatafile", "data file", "datafile"):
             if value and value.upper() != "LOCAL" and " " not in value and "%" not in value:

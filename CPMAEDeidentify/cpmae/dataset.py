@@ -31,6 +31,8 @@ PathLike = Union[str, Path]
 IMAGE_FORMATS = {".nii.gz": "NIfTI", ".nii": "NIfTI", ".nrrd": "NRRD", ".nhdr": "NRRD", ".mha": "MetaImage",
                  ".mhd": "MetaImage"}
 IMAGE_SUFFIXES = tuple(IMAGE_FORMATS)
+WRITABLE_SUFFIXES = (".nii.gz", ".nii", ".nrrd")
+DETACHED_HEADER_SUFFIXES = (".mhd", ".nhdr")  # a text header naming a separate data file  # what ``cpmae.io.write_image`` writes; others become NRRD
 _LONGEST_FIRST = tuple(sorted(IMAGE_SUFFIXES, key=len, reverse=True))
 MASK_WORDS = ("mask", "brainmask", "defacemask", "seg", "dseg", "probseg", "label", "labels")
 MASK_NAME_SUFFIXES = ("_mask", "_brainmask", "_desc-brain_mask")

@@ -33,14 +33,14 @@ import numpy as np
 import SimpleITK as sitk
 
 from cpmae.atomic import TEMP_MARK, atomic_paths, fsync_file, storage_error
-from cpmae.dataset import IMAGE_FORMATS, image_suffix
+from cpmae.dataset import IMAGE_FORMATS, WRITABLE_SUFFIXES, image_suffix
 from cpmae.errors import InputError, OutputError
 
 PathLike = Union[str, Path]
 
 _IMAGE_IO = {"NIfTI": "NiftiImageIO", "NRRD": "NrrdImageIO", "MetaImage": "MetaImageIO"}
 READ_IO = {suffix: _IMAGE_IO[fmt] for suffix, fmt in IMAGE_FORMATS.items()}  # the suffixes: cpmae.dataset
-WRITE_IO = {".nii.gz": "NiftiImageIO", ".nii": "NiftiImageIO", ".nrrd": "NrrdImageIO"}
+WRITE_IO = {suffix: READ_IO[suffix] for suffix in WRITABLE_SUFFIXES}
 
 MAX_VOXELS = 2 ** 30  # a 1024³ volume; far beyond any head MRI
 MAX_RAM_FRACTION = 0.5  # never allocate more than half of the memory available now
