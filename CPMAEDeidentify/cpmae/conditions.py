@@ -71,11 +71,12 @@ def face_shape_maps(face_seed: int, brain: np.ndarray, reference, factor: int) -
     front of this brain by its position and size (``cpmae.facewarp.place_face``): the same rule in
     training (the subject's own face seed) and at de-identification (a seed drawn from the run's
     seed), so the patient's outline is never an input."""
-    from cpmae import faceshape, facewarp
+    from cpmae import cohort, faceshape, facewarp
 
     surface = faceshape.normalise_to(faceshape.random_face_surface(int(face_seed)))
     centre, size = brain_placement(brain, reference)
-    verts = facewarp.place_face(surface, centre, size)
+    verts = facewarp.place_face(surface, centre, size, cohort.source_fit("pydeface-mean", 128),
+                                cohort.source_brain_size_mm("pydeface-mean", 128))
     points = facewarp.physical_to_voxel(reference, verts)
     t = tuple(s // factor for s in brain.shape)
     return shape_maps(points, t, factor)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Tuple
 
 import numpy as np
 from scipy import ndimage
@@ -295,17 +295,15 @@ def to_normalised(velocity_mm: np.ndarray, reference) -> np.ndarray:
 
 
 def place_face(surface: faceshape.FaceSurface, brain_centre_mm: np.ndarray, brain_size_mm: float,
-               reference_fit: Optional[HeadFit] = None) -> np.ndarray:
+               reference_fit: HeadFit, reference_brain_size_mm: float) -> np.ndarray:
     """Vertices of a random face placed in front of a brain (for a 'face shape' condition).
 
-    Without a head fit, the face is positioned relative to the brain the way it sits on the averaged
-    head (pydeface's mean): offset and scale from that fit, scaled by ``brain_size_mm`` / the
-    averaged head's brain size. Returns [V, 3] physical LPS mm.
+    The face is positioned relative to the brain the way it sits on the reference head
+    (``reference_fit``, e.g. pydeface's averaged head from ``cpmae.cohort.source_fit``): offset and
+    scale from that fit, scaled by ``brain_size_mm`` / the reference's brain size. Returns [V, 3]
+    physical LPS mm. (The reference comes from the caller: cohort imports this module.)
     """
-    from cpmae import cohort
-
-    fit = reference_fit or cohort.source_fit("pydeface-mean", 128)
-    ref_size = cohort.source_brain_size_mm("pydeface-mean", 128)
-    k = float(brain_size_mm) / ref_size
+    fit = reference_fit
+    k = float(brain_size_mm) / float(reference_brain_size_mm)
     local = surface.vertices @ (fit.scale * fit.rotation).T + fit.translation - fit.brain_centre
     return np.asarray(brain_centre_mm, dtype=np.float64) + k * local

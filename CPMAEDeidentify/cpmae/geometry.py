@@ -70,11 +70,17 @@ def _interpolator(interp: str) -> int:
 
 
 def _physical_points(img: sitk.Image, zyx: np.ndarray) -> np.ndarray:
-    """Physical LPS positions (N, 3) of voxel indices given as (N, 3) ``[z, y, x]`` rows."""
-    xyz = zyx[:, ::-1].astype(np.float64)
-    spacing = np.asarray(img.GetSpacing())
-    direction = np.asarray(img.GetDirection()).reshape(3, 3)
-    return np.asarray(img.GetOrigin()) + (xyz * spacing) @ direction.T
+    """Physical LPS positions (N, 3) of voxel indices given as (N, 3) ``[z, y, x]`` rows.
+
+    Written out per axis: a (N, 3) @ (3, 3) product goes through BLAS, whose threads cost more
+    than the 9 multiply-adds per point (~0.2 s of CPU for a head's foreground on 2 cores).
+    """
+    affine = np.asarray(img.GetDirection()).reshape(3, 3) * np.asarray(img.GetSpacing())[None, :]
+    columns = [zyx[:, 2 - k].astype(np.float64) for k in range(3)]  # x, y, z index
+    out = np.empty((len(zyx), 3))
+    for row, origin in enumerate(img.GetOrigin()):
+        out[:, row] = origin + columns[0] * affine[row, 0] + columns[1] * affine[row, 1] + columns[2] * affine[row, 2]
+    return out
 
 
 def _foreground_points(img: sitk.Image, mask: Optional[np.ndarray] = None):
@@ -90,7 +96,7 @@ def _foreground_points(img: sitk.Image, mask: Optional[np.ndarray] = None):
         arr = sitk.GetArrayViewFromImage(img)[view]
         mask = arr > FOREGROUND_FRACTION * intensity_scale(arr)
     else:
-        mask = mask[view]
+        mask = np.asarray(mask[view]) > 0
     zyx = np.argwhere(mask) * np.asarray(strides[::-1])
     step = max(1, int(np.ceil(len(zyx) / MAX_FOREGROUND_SAMPLES)))
     zyx = zyx[::step]
@@ -124,7 +130,7 @@ def head_centre(native: sitk.Image, fov_mm: float, mask: Optional[sitk.Image] = 
         pts, mm3 = _image_corners(native), 0.0
     lo, hi = _robust_extent(pts, mm3) if mm3 else (pts.min(axis=0), pts.max(axis=0))
     if mask is not None:
-        brain, _ = _foreground_points(mask, sitk.GetArrayViewFromImage(mask) > 0)
+        brain, _ = _foreground_points(mask, sitk.GetArrayViewFromImage(mask))  # > 0 after striding
         if len(brain):
             hi[2] = min(hi[2], brain[:, 2].max() + BRAIN_TO_VERTEX_MAX_MM)
     centre = (lo + hi) / 2.0
@@ -216,6 +222,23 @@ def to_native(model_array: np.ndarray, reference: sitk.Image, native: sitk.Image
     if arr.shape != expected:
         raise ValueError(f"model array has shape {arr.shape}, the reference grid is {expected}")
     return _resample_array(arr, reference, native, interp, default)
+
+
+def _lps_coordinate(image: sitk.Image, axis: int) -> np.ndarray:
+    size = image.GetSize()
+    m = np.asarray(image.GetDirection()).reshape(3, 3) @ np.diag(image.GetSpacing())
+    k, j, i = np.meshgrid(*(np.arange(n, dtype=np.float32) for n in size[::-1]), indexing="ij")
+    return (image.GetOrigin()[axis] + m[axis, 0] * i + m[axis, 1] * j + m[axis, 2] * k).astype(np.float32)
+
+
+def anterior_coordinate(image: sitk.Image) -> np.ndarray:
+    """Physical LPS y (mm) of every voxel ``[z, y, x]``; smaller is more anterior (towards the face)."""
+    return _lps_coordinate(image, 1)
+
+
+def superior_coordinate(image: sitk.Image) -> np.ndarray:
+    """Physical LPS z (mm) of every voxel ``[z, y, x]``; larger is higher (towards the vertex)."""
+    return _lps_coordinate(image, 2)
 
 
 def model_fov_mask(reference: sitk.Image, native: sitk.Image) -> np.ndarray:

@@ -19,6 +19,8 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import SimpleITK as sitk
 
+from cpmae.geometry import anterior_coordinate, superior_coordinate  # noqa: F401  (audit callers use these names)
+
 VolumeFn = Callable[[sitk.Image, sitk.Image, int], sitk.Image]
 RenderFilter = Callable[[np.ndarray], np.ndarray]
 
@@ -84,22 +86,6 @@ def quickshear_method(image: sitk.Image, brain: sitk.Image, seed: int) -> sitk.I
         defaced = quickshear(anat, mask, buff=buff)
     arr = nibabel_array_to_sitk_order(np.asarray(defaced.dataobj))
     return _same_grid(_cast_like(arr, sitk.GetArrayViewFromImage(image)), image)
-
-
-def anterior_coordinate(image: sitk.Image) -> np.ndarray:
-    """Physical LPS y (mm) of every voxel ``[z, y, x]``; smaller is more anterior (towards the face)."""
-    size = image.GetSize()
-    m = np.asarray(image.GetDirection()).reshape(3, 3) @ np.diag(image.GetSpacing())
-    k, j, i = np.meshgrid(*(np.arange(n, dtype=np.float32) for n in size[::-1]), indexing="ij")
-    return (image.GetOrigin()[1] + m[1, 0] * i + m[1, 1] * j + m[1, 2] * k).astype(np.float32)
-
-
-def superior_coordinate(image: sitk.Image) -> np.ndarray:
-    """Physical LPS z (mm) of every voxel ``[z, y, x]``; larger is higher (towards the vertex)."""
-    size = image.GetSize()
-    m = np.asarray(image.GetDirection()).reshape(3, 3) @ np.diag(image.GetSpacing())
-    k, j, i = np.meshgrid(*(np.arange(n, dtype=np.float32) for n in size[::-1]), indexing="ij")
-    return (image.GetOrigin()[2] + m[2, 0] * i + m[2, 1] * j + m[2, 2] * k).astype(np.float32)
 
 
 def face_region(image: sitk.Image, brain: sitk.Image) -> np.ndarray:

@@ -95,7 +95,7 @@ def reference() -> Reference:
     image = sitk.GetImageFromArray(np.ascontiguousarray(src.image))
     image.CopyInformation(src.reference)
     centroid = _centroid(mask)
-    from cpmae.audit.methods import anterior_coordinate
+    from cpmae.geometry import anterior_coordinate
 
     front_y = float(anterior_coordinate(mask)[np.asarray(src.brain) > 0].min())
     frame = sitk.Image([FRAME_SIZE] * 3, sitk.sitkUInt8)
