@@ -74,11 +74,12 @@ def deidentify(image: sitk.Image, mask: Optional[sitk.Image] = None, weights=Non
         x = to_model(image, ref, "linear")
         b = to_model(mask, ref, "nearest") > 0.5
         scale = intensity_scale(x)
-        hull = None
-        envelope = bool(envelope) and bundle.architecture == 1  # architecture 2 never copies the outline
-        if envelope:
-            from cpmae.envelope import head_envelope
+    hull = None
+    envelope = bool(envelope) and bundle.architecture == 1  # architecture 2 never copies the outline
+    if envelope:
+        from cpmae.envelope import head_envelope
 
+        with reporter.stage("head envelope"):
             hull = head_envelope(x, ref.GetSpacing())
 
     with torch.inference_mode():
