@@ -41,6 +41,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--resolution", type=int, default=128)
+    ap.add_argument("--seed", type=int, default=2026,
+                    help="cohort seed of the generated cohort (default 2026: no shipped weights trained on it)")
     ap.add_argument("--cohort", default=None, help="existing cohort folder (default: generate one in a temp folder)")
     ap.add_argument("--methods", default=None, help="default: all, CPMAE only if its weights are installed")
     ap.add_argument("--weights", default=None)
@@ -62,7 +64,8 @@ def main() -> int:
         if not args.cohort:
             t0 = time.perf_counter()
             subprocess.run([sys.executable, "-m", "cpmae", "generate-cohort", str(cohort), "--n", str(args.n),
-                            "--resolution", str(args.resolution), "--progress", "none"], check=True)
+                            "--resolution", str(args.resolution), "--seed", str(args.seed), "--progress", "none"],
+                           check=True)
             gen_s = time.perf_counter() - t0
         out = Path(args.out) if args.out else Path(tmp) / "report"
         cmd = [sys.executable, "-m", "cpmae", "audit", str(cohort), "--out", str(out), "--methods", ",".join(methods),
@@ -84,8 +87,10 @@ def main() -> int:
         "machine": results["machine"], "subjects": len(results["scans"]), "resolution": args.resolution,
         "methods": methods, "wall_s": round(wall, 1), "peak_rss_mb": round(peak_mb), "cohort_generation_s": gen_s,
         "load_avg_before": load_before, "load_avg_after": load_after, "stages_s": results["timings"],
-        "identification": {k: [round(v["identification_mean"], 1), round(v["identification_sd"], 1)]
-                           for k, v in results["privacy"].items()},
+        "cohort_seed": results.get("cohort_seed"), "training_overlap": results.get("training_overlap"),
+        "identification": {k: {a: [round(r["mean"], 1), round(r["lo"], 1), round(r["hi"], 1)]
+                               for a, r in v["attacks"].items()} for k, v in results["privacy"].items()},
+        "faces_detected_pct": {k: round(v["faces_detected"]["rate"], 1) for k, v in results["privacy"].items()},
         "target_s": TARGET_S, "within_target": wall < TARGET_S,
     }
     print(json.dumps(record, indent=2))
