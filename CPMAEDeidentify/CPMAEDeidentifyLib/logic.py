@@ -105,16 +105,23 @@ class MaskJob(EngineJob):
 
     result: Optional[MaskResult] = None
 
+    def collect(self) -> dict:
+        """On the job's worker: read the mask and make the segment's voxels."""
+        import SimpleITK as sitk
+
+        mask = sitk.ReadImage(str(self.workDir / "mask.nii"))
+        name = f"{self.inputNode.GetName()} brain mask"
+        return {"oriented": segmentation.orientedMask(mask, self.inputDims, self.inputMatrix, name),
+                "cm3": segmentation.brainVolumeCm3(mask), "name": name}
+
     def _finished(self, runner: jobs.JobRunner) -> None:
         if runner.state != jobs.SUCCEEDED:
             return
-        import SimpleITK as sitk
-
+        collected = runner.collected
         try:
-            mask = sitk.ReadImage(str(self.workDir / "mask.nii"))
-            name = f"{self.inputNode.GetName()} brain mask"
-            node = self._addNode(segmentation.addSegmentationFromMask(self.logic.context, mask, self.inputNode, name))
-            self.result = MaskResult(node, segmentation.brainVolumeCm3(mask))
+            node = self._addNode(segmentation.addSegmentationFromOrientedMask(
+                self.logic.context, collected["oriented"], self.inputNode, collected["name"]))
+            self.result = MaskResult(node, collected["cm3"])
         except Exception:
             self._discardCreatedNodes()
             raise
@@ -144,7 +151,11 @@ class DeidentifyJob(EngineJob):
         collected = {"imageData": volumes.imageDataFromImage(image), "mask": None}
         maskPath = self.workDir / "mask-out.nii"
         if maskPath.is_file():
-            collected["mask"] = sitk.ReadImage(str(maskPath))
+            mask = sitk.ReadImage(str(maskPath))
+            collected["mask"] = segmentation.brainVolumeCm3(mask)
+            if self.showMask:
+                collected["oriented"] = segmentation.orientedMask(mask, self.inputDims, self.inputMatrix,
+                                                                  f"{self.outputName} brain mask")
         return collected
 
     def _finished(self, runner: jobs.JobRunner) -> None:
@@ -162,13 +173,12 @@ class DeidentifyJob(EngineJob):
                 self.logic.context.scene, collected["imageData"], self.outputName, self.inputMatrix, windowLevel))
             # same place in the world: a registration transform on the input applies to the output too
             node.SetAndObserveTransformNodeID(self.inputNode.GetTransformNodeID())
-            mask = collected["mask"]
-            if mask is not None:
+            if collected["mask"] is not None:
                 maskNode = None
                 if self.showMask:
-                    maskNode = self._addNode(segmentation.addSegmentationFromMask(
-                        self.logic.context, mask, self.inputNode, f"{self.outputName} brain mask"))
-                self.maskResult = MaskResult(maskNode, segmentation.brainVolumeCm3(mask))
+                    maskNode = self._addNode(segmentation.addSegmentationFromOrientedMask(
+                        self.logic.context, collected["oriented"], self.inputNode, f"{self.outputName} brain mask"))
+                self.maskResult = MaskResult(maskNode, collected["mask"])
             self.outputNode = node
         except Exception:
             self._discardCreatedNodes()
@@ -207,11 +217,14 @@ class CPMAEDeidentifyLogic:
     def computeBrainMask(self, inputNode, waitForCompletion: bool = True, onEvent: EventCallback = None) -> MaskJob:
         """Run deepbet (``cpmae mask``) out of process; ``job.result`` holds the segmentation + cm³."""
         self._checkInput(inputNode)
-        snap = volumes.snapshot(inputNode)  # voxels copied here, on the caller's thread
+        snap = volumes.snapshot(inputNode)  # a view of the voxels; written by the job's worker
         job = MaskJob(self, inputNode, self._workDir())
+        job.inputDims = tuple(inputNode.GetImageData().GetDimensions())
+        job.inputMatrix = volumes.ijkToRasMatrix(inputNode)
         command = jobs.engineCommand("mask", str(job.workDir / "input.nii"), str(job.workDir / "mask.nii"))
         return self._start(job, command, onEvent, waitForCompletion,
-                           prepare=lambda: volumes.writeImage(volumes.imageFromSnapshot(snap), job.workDir / "input.nii"))
+                           prepare=lambda: volumes.writeImage(volumes.imageFromSnapshot(snap), job.workDir / "input.nii"),
+                           collect=job.collect)
 
     def maskImage(self, maskNode, inputNode):
         """The user's segmentation/labelmap as a binary mask on the input grid (for ``--mask``)."""

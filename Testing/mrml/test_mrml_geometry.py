@@ -60,6 +60,30 @@ def test_mask_becomes_a_segmentation_on_the_input_geometry_with_its_volume(conte
     assert np.allclose(volumes.geometryFromImage(back), volumes.ijkToRasMatrix(node), atol=1e-9)
 
 
+def test_mask_made_on_a_worker_becomes_the_same_segmentation(context, head):
+    """The jobs' path: the segment's voxels are built off the GUI thread and only attached on it."""
+    import pytest
+
+    from cpmae.errors import InputError
+    from CPMAEDeidentifyLib import segmentation, volumes
+
+    image, mask = head
+    node = volumes.addVolumeNodeFromImage(context.scene, image, "head")
+    dims, matrix = tuple(node.GetImageData().GetDimensions()), volumes.ijkToRasMatrix(node)
+    oriented = segmentation.orientedMask(mask, dims, matrix, "m")
+    nodes_before = context.scene.GetNumberOfNodes()
+    seg = segmentation.addSegmentationFromOrientedMask(context, oriented, node, "head brain mask")
+    assert context.scene.GetNumberOfNodes() == nodes_before + 2
+    assert seg.GetSegmentation().GetNthSegment(0).GetName() == "brain"
+    back = segmentation.maskImageFromNode(context, seg, node)
+    assert np.array_equal(sitk.GetArrayViewFromImage(back), sitk.GetArrayViewFromImage(mask))
+    assert np.allclose(volumes.geometryFromImage(back), matrix, atol=1e-9)
+    with pytest.raises(InputError, match="differs"):
+        segmentation.orientedMask(mask, (dims[0] + 1, dims[1], dims[2]), matrix, "m")
+    with pytest.raises(InputError, match="empty"):
+        segmentation.orientedMask(mask * 0, dims, matrix, "m")
+
+
 def test_labelmap_on_another_grid_is_refused_naming_it(context, head):
     import pytest
 

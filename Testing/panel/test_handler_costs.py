@@ -128,7 +128,10 @@ def test_finishing_a_256_remodel_hands_the_result_to_the_scene_within_the_budget
 
     context, head = scene_256
     engine = tmp_path / "engine.py"  # "deidentify IN OUT ...": returns the input unchanged
-    engine.write_text("import json, shutil, sys\nshutil.copyfile(sys.argv[2], sys.argv[3])\n"
+    engine.write_text("import json, shutil, sys\nimport SimpleITK as sitk\n"
+                      "shutil.copyfile(sys.argv[2], sys.argv[3])\n"
+                      "image = sitk.ReadImage(sys.argv[2])\n"
+                      "sitk.WriteImage(sitk.Cast(image > 500, sitk.sitkUInt8), sys.argv[sys.argv.index('--mask-out') + 1])\n"
                       "print(json.dumps({'event': 'result'}), flush=True)\n", encoding="utf-8")
     monkeypatch.setattr(jobs, "engineCommand", lambda *args: [sys.executable, str(engine), *args])
     job = CPMAEDeidentifyLogic(context, tempRoot=str(tmp_path)).process(head, waitForCompletion=False)
@@ -144,6 +147,30 @@ def test_finishing_a_256_remodel_hands_the_result_to_the_scene_within_the_budget
     assert job.state == jobs.SUCCEEDED, job.errorMessage()
     assert np.array_equal(slicer.util.arrayFromVolume(job.outputNode), slicer.util.arrayFromVolume(head))
     assert job.outputNode.GetDisplayNode() is not None
+    assert job.maskResult.segmentationNode.GetSegmentation().GetNumberOfSegments() == 1  # the deepbet mask shown
+    assert max(ticks) < BUDGET_S, f"the finishing tick took {max(ticks) * 1000:.0f} ms"
+
+
+def test_finishing_a_256_brain_mask_preview_fits_the_budget(scene_256, tmp_path, monkeypatch):
+    from CPMAEDeidentifyLib import jobs
+    from CPMAEDeidentifyLib.logic import CPMAEDeidentifyLogic
+
+    context, head = scene_256
+    engine = tmp_path / "mask.py"  # "mask IN OUT"
+    engine.write_text("import sys\nimport SimpleITK as sitk\n"
+                      "sitk.WriteImage(sitk.Cast(sitk.ReadImage(sys.argv[2]) > 500, sitk.sitkUInt8), sys.argv[3])\n",
+                      encoding="utf-8")
+    monkeypatch.setattr(jobs, "engineCommand", lambda *args: [sys.executable, str(engine), *args])
+    job = CPMAEDeidentifyLogic(context, tempRoot=str(tmp_path)).computeBrainMask(head, waitForCompletion=False)
+    ticks = []
+    while True:
+        tick, running = fastest(job.poll, 1)
+        ticks.append(tick)
+        if not running:
+            break
+        time.sleep(0.02)
+    assert job.state == jobs.SUCCEEDED, job.errorMessage()
+    assert job.result.segmentationNode.GetSegmentation().GetNumberOfSegments() == 1 and job.result.brainVolumeCm3 > 0
     assert max(ticks) < BUDGET_S, f"the finishing tick took {max(ticks) * 1000:.0f} ms"
 
 
