@@ -125,3 +125,23 @@ def test_workers_write_the_same_cohort(tmp_path):
             a = sitk.GetArrayFromImage(sitk.ReadImage(r1[key]))
             b = sitk.GetArrayFromImage(sitk.ReadImage(r2[key]))
             assert np.array_equal(a, b), (r1["subject"], key)
+
+
+def test_place_face_follows_the_brain():
+    """The model team's face-shape condition: a face placed by brain centre and size only."""
+    name = "pydeface-mean"
+    fit = cohort.source_fit(name, GRID)
+    size = cohort.source_brain_size_mm(name, GRID)
+    face = faceshape.normalise_to(faceshape.random_face_surface(11))
+    at_home = facewarp.place_face(face, fit.brain_centre, size)
+    np.testing.assert_allclose(at_home, fit.place(face), atol=1e-6)  # on the averaged head: its own fit
+    moved = facewarp.place_face(face, fit.brain_centre + np.array([0.0, 0.0, 10.0]), 1.1 * size)
+    rel_home, rel_moved = at_home - fit.brain_centre, moved - fit.brain_centre - np.array([0.0, 0.0, 10.0])
+    np.testing.assert_allclose(rel_moved, 1.1 * rel_home, atol=1e-6)
+    src = cohort.load_source(name, GRID)
+    vox = facewarp.random_face_voxels(11, src.brain, src.reference)
+    assert vox.shape[1] == 3 and len(vox) > 1000
+    brain_front = np.nonzero(src.brain.any(axis=(0, 2)))[0].min()
+    assert np.percentile(vox[:, 1], 5) < brain_front  # the face lies in front of the brain (low y)
+    inside = np.all((vox > -1) & (vox < GRID), axis=1)
+    assert inside.mean() > 0.9, inside.mean()  # the head fits in the model grid (the neck may leave it)

@@ -307,3 +307,18 @@ def place_face(surface: faceshape.FaceSurface, brain_centre_mm: np.ndarray, brai
     k = float(brain_size_mm) / float(reference_brain_size_mm)
     local = surface.vertices @ (fit.scale * fit.rotation).T + fit.translation - fit.brain_centre
     return np.asarray(brain_centre_mm, dtype=np.float64) + k * local
+
+
+def random_face_voxels(seed: int, brain: np.ndarray, reference) -> np.ndarray:
+    """Surface points [V, 3] of random face ``seed`` placed by a brain mask, as voxel indices (z, y, x).
+
+    For a face-shape condition (``cpmae.conditions.shape_maps``): the face of a random MakeHuman
+    head, normalised, put in front of this brain (its centroid and the cube root of its volume)
+    the way faces sit on the averaged head. Eyeball helpers are left out.
+    """
+    surface = faceshape.normalise_to(faceshape.random_face_surface(seed))
+    zyx = np.argwhere(np.asarray(brain) > 0).astype(np.float64)
+    centre = voxel_to_physical(reference, zyx.mean(axis=0)[None])[0]
+    size = float((len(zyx) * np.prod(reference.GetSpacing())) ** (1.0 / 3.0))
+    placed = place_face(surface, centre, size)
+    return physical_to_voxel(reference, placed[~surface.is_eye])
