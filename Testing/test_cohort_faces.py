@@ -77,9 +77,15 @@ def _surface_points(mask, reference):
 def test_face_velocity_is_exactly_zero_where_the_brain_weight_is():
     frame = cohort._source_frame(cohort.SOURCES[1], GRID, 2.0)
     face = faceshape.normalise_to(faceshape.random_face_surface(7))
-    v, stats = facewarp.face_velocity(frame.fit, face, frame.nodes, frame.brain_ramp)
+    v, stats = facewarp.face_velocity(frame.fit, face, frame.nodes, frame.face_weight)
     assert v.shape == (3,) + (aug.FIELD_NODES,) * 3
-    assert np.all(v[:, frame.brain_ramp == 0] == 0.0)
+    assert np.all(v[:, frame.face_weight == 0] == 0.0)
+    # the weight is zero at every node on (or next to) the brain
+    src = cohort.load_source(cohort.SOURCES[1], GRID)
+    near_brain = ndimage.binary_dilation(src.brain > 0, iterations=2)
+    idx = np.rint(np.argwhere(np.ones((aug.FIELD_NODES,) * 3, bool)) * (GRID - 1) / (aug.FIELD_NODES - 1)).astype(int)
+    on_brain = near_brain[tuple(idx.T)].reshape((aug.FIELD_NODES,) * 3)
+    assert on_brain.any() and np.all(frame.face_weight[on_brain] == 0.0)
     assert np.abs(v).max() > 5.0  # mm: the face really moves
     assert stats["face_match_median_mm"] < 2.5
 

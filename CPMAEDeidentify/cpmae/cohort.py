@@ -62,6 +62,7 @@ RAMP_MM = 20.0  # weight rises from 0 to full over this distance beyond the marg
 FACE_OFFSET_MM = 20.0  # face region: this far anterior or inferior of the brain centre ...
 FACE_SOFTNESS_MM = 10.0  # ... with a sigmoid of this width
 SKULL_WEIGHT = 0.35  # weight of the warp elsewhere on the skull and scalp (vertex, back of head)
+EDGE_MM = 16.0  # the new face's field fades to zero over this distance from the grid's edge
 HEAD_THRESHOLD = 0.08  # head vs air, as a fraction of the intensity scale (face_surface_distance)
 
 
@@ -181,7 +182,8 @@ class _SourceFrame:
     local_weight: np.ndarray  # [n, n, n] weight of the face/skull warp at the field nodes
     scale: float  # intensity scale of the head
     volumes: torch.Tensor  # [2, N, N, N] float32: image and labels, ready for the warp (never modified)
-    brain_ramp: np.ndarray  # [n, n, n] 0 within BRAIN_MARGIN_MM of the brain, rising to 1 over RAMP_MM
+    face_weight: np.ndarray  # [n, n, n] 0 within BRAIN_MARGIN_MM of the brain (rising to 1 over RAMP_MM)
+    # and fading to 0 at the edge of the grid (EDGE_MM), where the warp would pull in air from outside
     nodes: facewarp.NodeGrid  # the field nodes on this source's model grid
     fit: facewarp.HeadFit  # face skin points and where MakeHuman's base head sits on this head
 
@@ -233,7 +235,10 @@ def _source_frame(name: str, size: int, spacing: float) -> _SourceFrame:
     labels = 0.5 * head + 0.5 * (src.brain > 0)
     volumes = torch.from_numpy(np.stack([src.image, labels.astype(np.float32)]))
     fit = facewarp.fit_head(head, src.brain > 0, src.reference)
-    return _SourceFrame(centre, weight, intensity_scale(src.image), volumes, _read_only(ramp.astype(np.float32)),
+    edge_mm = np.min(np.minimum(idx, size - 1 - idx), axis=0) * spacing  # node distance to the grid's faces
+    e = np.clip(edge_mm / EDGE_MM, 0.0, 1.0)
+    face_weight = ramp * e * e * (3.0 - 2.0 * e)
+    return _SourceFrame(centre, weight, intensity_scale(src.image), volumes, _read_only(face_weight.astype(np.float32)),
                         facewarp.NodeGrid(src.reference, nodes), fit)
 
 
@@ -310,7 +315,7 @@ def draw_warp(index: int, grid: Union[ModelGrid, int], seed: int = 0, global_par
     # a new face: the source's face skin carried onto a random MakeHuman face (backward map: minus)
     face_seed = int(rng.integers(0, 2 ** 31 - 1))
     face = faceshape.normalise_to(faceshape.random_face_surface(face_seed))
-    face_v, face_stats = facewarp.face_velocity(frame.fit, face, frame.nodes, frame.brain_ramp)
+    face_v, face_stats = facewarp.face_velocity(frame.fit, face, frame.nodes, frame.face_weight)
     l_field = l_field - facewarp.to_normalised(face_v, frame.nodes.reference)
 
     # head-forward affine f(p) = c + R S (p - c) + t; the warp samples at its inverse

@@ -32,8 +32,8 @@ EMBEDDING_JITTER = 0  # dlib's optional re-sampling; 0 keeps one embedding per p
 # bench/bench_cohort.py on 2026-11-30 (AMD EPYC, 2 cores; docs/cohort.md): the same head re-rendered
 # (2 source heads + 4 generated subjects at 128³, each turned ±5° about each axis or with the skin
 # threshold x0.85 / x1.15, 48 pairs) 0.06-0.22 (mean 0.12); different people (the two real source
-# heads 0.57; 8 random MakeHuman heads rendered as meshes, 28 pairs, 0.40-0.67, mean 0.54). The
-# threshold is the midpoint of the largest same-head and the smallest different-person distance.
+# heads 0.57; 10 random MakeHuman heads rendered as meshes, 45 pairs, 0.40-0.68, mean 0.54). The
+# threshold is the midpoint (0.307) of the largest same-head and the smallest different-person distance.
 DIFFERENT_PERSON_THRESHOLD = 0.30
 
 

@@ -54,6 +54,7 @@ _PAIRS = (("decr", "incr"), ("down", "up"), ("in", "out"), ("backward", "forward
 _SKIP = re.compile(r"(trans-(in|out|down|up|backward|forward)$|^head-scale|^head-trans|^head-age)")
 FACE_SIGMA = 0.7  # sd of a modifier value in [-1, 1]: distinct people (MakeHuman random tool uses 0.1-0.3)
 ASYMMETRY = 0.2  # left/right deviation, as a fraction of FACE_SIGMA, plus asym targets up to this weight
+PROPORTIONS = 0.08  # face width / depth / height each scaled by U(1 - this, 1 + this) below the brows
 
 
 def cache_file() -> Path:
@@ -256,15 +257,28 @@ def random_face_surface(seed: int) -> FaceSurface:
         add(name, shared[key])
     for name in asym:
         add(name, float(rng.uniform(0.0, ASYMMETRY)))
+    proportions = rng.uniform(1.0 - PROPORTIONS, 1.0 + PROPORTIONS, 3)
     verts = m.base.copy()
     for name, w in weights.items():
         if name in m.targets:
             idx, off = m.targets[name]
             np.add.at(verts, idx, w * off)
+    verts = _scale_face(_to_mm(m, verts), proportions)
     params = {"face_seed": int(seed), "male": round(male, 3), "age_years": round(years, 1),
               "ethnicity": {e: round(float(w), 3) for e, w in zip(ETHNICITIES, eth)},
-              "muscle": round(muscle, 3), "weight": round(weight, 3), "targets": len(weights)}
-    return FaceSurface(_to_mm(m, verts), m.triangles, m.is_eye, params)
+              "muscle": round(muscle, 3), "weight": round(weight, 3), "targets": len(weights),
+              "proportions": [round(float(p), 3) for p in proportions]}
+    return FaceSurface(verts, m.triangles, m.is_eye, params)
+
+
+def _scale_face(vertices: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Scale the face below the brows (x: width, y: depth, z: height) about the nose bridge, blending
+    into the unchanged cranium over 30 mm, so face proportions vary independently of head size."""
+    anterior = vertices[:, 1].min()  # the nose tip; the bridge between the eyes is ~35 mm above it
+    bridge = np.array([0.0, anterior + 20.0, np.median(vertices[vertices[:, 1] < anterior + 10.0, 2]) + 35.0])
+    t = np.clip((bridge[2] + 30.0 - vertices[:, 2]) / 30.0, 0.0, 1.0)  # 1 below the bridge, 0 above +30 mm
+    t = t * t * (3.0 - 2.0 * t)
+    return vertices + t[:, None] * (vertices - bridge) * (np.asarray(scale) - 1.0)
 
 
 def similarity(src: np.ndarray, dst: np.ndarray, scale: bool = True) -> Tuple[float, np.ndarray, np.ndarray]:
