@@ -139,13 +139,13 @@ def test_place_face_follows_the_brain():
     fit = cohort.source_fit(name, GRID)
     size = cohort.source_brain_size_mm(name, GRID)
     face = faceshape.normalise_to(faceshape.random_face_surface(11))
-    at_home = facewarp.place_face(face, fit.brain_centre, size)
+    at_home = facewarp.place_face(face, fit.brain_centre, size, fit, size)
     np.testing.assert_allclose(at_home, fit.place(face), atol=1e-6)  # on the averaged head: its own fit
-    moved = facewarp.place_face(face, fit.brain_centre + np.array([0.0, 0.0, 10.0]), 1.1 * size)
+    moved = facewarp.place_face(face, fit.brain_centre + np.array([0.0, 0.0, 10.0]), 1.1 * size, fit, size)
     rel_home, rel_moved = at_home - fit.brain_centre, moved - fit.brain_centre - np.array([0.0, 0.0, 10.0])
     np.testing.assert_allclose(rel_moved, 1.1 * rel_home, atol=1e-6)
     src = cohort.load_source(name, GRID)
-    vox = facewarp.random_face_voxels(11, src.brain, src.reference)
+    vox = cohort.random_face_voxels(11, src.brain, src.reference)
     assert vox.shape[1] == 3 and len(vox) > 1000
     brain_front = np.nonzero(src.brain.any(axis=(0, 2)))[0].min()
     assert np.percentile(vox[:, 1], 5) < brain_front  # the face lies in front of the brain (low y)

@@ -254,6 +254,25 @@ def source_brain_size_mm(name: str, grid: Union[ModelGrid, int]) -> float:
     return float((src.brain.sum() * np.prod(src.reference.GetSpacing())) ** (1.0 / 3.0))
 
 
+FACE_REFERENCE = "pydeface-mean"  # faces placed by a brain alone sit as they do on the averaged head
+
+
+def random_face_voxels(seed: int, brain: np.ndarray, reference: sitk.Image) -> np.ndarray:
+    """Surface points [V, 3] of random face ``seed`` placed by a brain mask, as voxel indices (z, y, x).
+
+    For a face-shape condition (``cpmae.conditions.shape_maps``): a random MakeHuman face,
+    normalised, put in front of this brain (its centroid and the cube root of its volume) the way
+    faces sit on the averaged head at 128³ (``facewarp.place_face``). Eyeball helpers are left out.
+    """
+    surface = faceshape.normalise_to(faceshape.random_face_surface(seed))
+    zyx = np.argwhere(np.asarray(brain) > 0).astype(np.float64)
+    centre = facewarp.voxel_to_physical(reference, zyx.mean(axis=0)[None])[0]
+    size = float((len(zyx) * np.prod(reference.GetSpacing())) ** (1.0 / 3.0))
+    placed = facewarp.place_face(surface, centre, size, source_fit(FACE_REFERENCE, 128),
+                                 source_brain_size_mm(FACE_REFERENCE, 128))
+    return facewarp.physical_to_voxel(reference, placed[~surface.is_eye])
+
+
 # --------------------------------------------------------------------------------------------
 # subjects
 

@@ -296,29 +296,13 @@ def to_normalised(velocity_mm: np.ndarray, reference) -> np.ndarray:
 
 def place_face(surface: faceshape.FaceSurface, brain_centre_mm: np.ndarray, brain_size_mm: float,
                reference_fit: HeadFit, reference_brain_size_mm: float) -> np.ndarray:
-    """Vertices of a random face placed in front of a brain (for a 'face shape' condition).
+    """Vertices of a (normalised) face placed in front of a brain, for a 'face shape' condition.
 
-    The face is positioned relative to the brain the way it sits on the reference head
-    (``reference_fit``, e.g. pydeface's averaged head from ``cpmae.cohort.source_fit``): offset and
-    scale from that fit, scaled by ``brain_size_mm`` / the reference's brain size. Returns [V, 3]
-    physical LPS mm. (The reference comes from the caller: cohort imports this module.)
+    The face sits relative to the brain as it does on the reference head (``reference_fit``, e.g.
+    the averaged head's, ``cpmae.cohort.source_fit``), scaled by ``brain_size_mm`` /
+    ``reference_brain_size_mm`` about the brain centre. Returns [V, 3] physical LPS mm.
     """
-    fit = reference_fit
     k = float(brain_size_mm) / float(reference_brain_size_mm)
-    local = surface.vertices @ (fit.scale * fit.rotation).T + fit.translation - fit.brain_centre
+    local = surface.vertices @ (reference_fit.scale * reference_fit.rotation).T + reference_fit.translation \
+        - reference_fit.brain_centre
     return np.asarray(brain_centre_mm, dtype=np.float64) + k * local
-
-
-def random_face_voxels(seed: int, brain: np.ndarray, reference) -> np.ndarray:
-    """Surface points [V, 3] of random face ``seed`` placed by a brain mask, as voxel indices (z, y, x).
-
-    For a face-shape condition (``cpmae.conditions.shape_maps``): the face of a random MakeHuman
-    head, normalised, put in front of this brain (its centroid and the cube root of its volume)
-    the way faces sit on the averaged head. Eyeball helpers are left out.
-    """
-    surface = faceshape.normalise_to(faceshape.random_face_surface(seed))
-    zyx = np.argwhere(np.asarray(brain) > 0).astype(np.float64)
-    centre = voxel_to_physical(reference, zyx.mean(axis=0)[None])[0]
-    size = float((len(zyx) * np.prod(reference.GetSpacing())) ** (1.0 / 3.0))
-    placed = place_face(surface, centre, size)
-    return physical_to_voxel(reference, placed[~surface.is_eye])
