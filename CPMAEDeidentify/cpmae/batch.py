@@ -41,6 +41,7 @@ from cpmae.atomic import (STORAGE_ERRNOS, ensure_output_dir, fsync_dir, remove_s
 from cpmae.dataset import (DETACHED_HEADER_SUFFIXES, IMAGE_FORMATS, IMAGE_SUFFIXES, WRITABLE_SUFFIXES, find_scans,
                            image_suffix, strip_image_suffix)
 from cpmae.errors import Cancelled, CPMAEError, InputError, OutputError, WeightsError
+from cpmae.geometry import DEFAULT_RESOLUTION
 from cpmae.hashing import sha256_files
 from cpmae.progress import Reporter
 from cpmae.provenance import SUFFIX as PROVENANCE_SUFFIX, provenance_path, write_provenance
@@ -553,7 +554,7 @@ def _storage_errors_stop_the_batch(run):
 
 
 @_storage_errors_stop_the_batch
-def run_batch(in_dir: Union[str, Path], out_dir: Union[str, Path], *, resolution: int = 256,
+def run_batch(in_dir: Union[str, Path], out_dir: Union[str, Path], *, resolution: int = DEFAULT_RESOLUTION,
               weights: Optional[str] = None, seed: int = 0, steps: Optional[int] = None,
               device: str = "auto", shard: Optional[Tuple[int, int]] = None, overwrite: bool = False,
               pseudonym_key: Optional[str] = None, max_attempts: int = 2,

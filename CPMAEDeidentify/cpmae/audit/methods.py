@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import SimpleITK as sitk
 
-from cpmae.geometry import anterior_coordinate, superior_coordinate  # noqa: F401  (audit callers use these names)
+from cpmae.geometry import DEFAULT_RESOLUTION, anterior_coordinate, superior_coordinate  # noqa: F401  (callers use these names)
 
 VolumeFn = Callable[[sitk.Image, sitk.Image, int], sitk.Image]
 RenderFilter = Callable[[np.ndarray], np.ndarray]
@@ -180,7 +180,7 @@ def template_reface(image: sitk.Image, brain: sitk.Image, seed: int) -> sitk.Ima
     return _same_grid(out, image)
 
 
-def make_cpmae(weights=None, resolution: int = 256, steps: Optional[int] = None, device: str = "auto",
+def make_cpmae(weights=None, resolution: int = DEFAULT_RESOLUTION, steps: Optional[int] = None, device: str = "auto",
                bundle=None, mask_limits: Optional[dict] = None) -> VolumeFn:
     """CP-MAE (ours): the pipeline remodels all but the brain; weights are loaded once, on first use."""
     state = {"bundle": bundle}
