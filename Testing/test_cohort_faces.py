@@ -151,3 +151,13 @@ def test_place_face_follows_the_brain():
     assert np.percentile(vox[:, 1], 5) < brain_front  # the face lies in front of the brain (low y)
     inside = np.all((vox > -1) & (vox < GRID), axis=1)
     assert inside.mean() > 0.9, inside.mean()  # the head fits in the model grid (the neck may leave it)
+
+
+def test_cli_bad_worker_count_is_one_line_and_writes_nothing(capsys, tmp_path):
+    from cpmae.cli import main
+
+    out = tmp_path / "c"
+    assert main(["generate-cohort", str(out), "--n", "2", "--workers", "0", "--progress", "none"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--workers" in err[0]
+    assert not out.exists()
