@@ -10,7 +10,7 @@ the *whole* skin surface of the face region is carried onto a random MakeHuman f
    decides where and how large a face sits on this head;
 2. per subject (``face_velocity``): the random head, normalised to the base head's pose and size,
    is placed with that fit; a coarse-to-fine non-rigid ICP finds, for every source skin point,
-   where it goes on the random face (nearest points both ways, smoothed at 12 -> 3 mm); the
+   where it goes on the random face (nearest points both ways, smoothed at 12 -> 2 mm); the
    displacements are spread into the volume by normalised convolution on the field's node
    grid (fine near the skin, broad into the air in front and the tissue behind it), faded out
    away from the face and multiplied by the caller's brain weight, which is exactly zero near
@@ -38,9 +38,9 @@ FACE_FRONT_MM = 30.0  # skin points this far in front of the brain centroid form
 FACE_BELOW_MM = 120.0  # ... down to this far below it (chin, upper neck)
 ICP_ITERATIONS = 30
 ICP_KEEP = 0.85  # fraction of closest pairs kept by the trimmed ICP
-NONRIGID_SIGMAS_MM = (12.0, 8.0, 5.0, 3.0)  # coarse-to-fine smoothing of the surface match
+NONRIGID_SIGMAS_MM = (12.0, 8.0, 5.0, 3.0, 2.0)  # coarse-to-fine smoothing of the surface match
 OUTLIER_MM = 15.0  # residuals beyond this count less (robust weight 1 / (1 + (d / OUTLIER_MM)²))
-FINE_SIGMA_MM = 3.0  # spread of the displacement next to the skin
+FINE_SIGMA_MM = 2.0  # spread of the displacement next to the skin
 BROAD_SIGMA_MM = 10.0  # spread into the air in front and the tissue behind
 MAX_POINTS = 30000  # skin points used per source (a 256³ head is subsampled to this)
 
