@@ -62,6 +62,9 @@ RAMP_MM = 20.0  # weight rises from 0 to full over this distance beyond the marg
 FACE_OFFSET_MM = 20.0  # face region: this far anterior or inferior of the brain centre ...
 FACE_SOFTNESS_MM = 10.0  # ... with a sigmoid of this width
 SKULL_WEIGHT = 0.35  # weight of the warp elsewhere on the skull and scalp (vertex, back of head)
+MIN_JACOBIAN = 0.1  # below this anywhere, the new face is carried less far (FACE_BACKOFF per retry) ...
+FACE_RETRIES = 3  # ... at most this many times
+FACE_BACKOFF = 0.7
 EDGE_MM = 16.0  # the new face's field fades to zero over this distance from the grid's edge
 HEAD_THRESHOLD = 0.08  # head vs air, as a fraction of the intensity scale (face_surface_distance)
 
@@ -304,7 +307,9 @@ def draw_warp(index: int, grid: Union[ModelGrid, int], seed: int = 0, global_par
 
     ``global_part`` / ``local_part`` switch the two parts off for tests, ``noise_part`` the random
     face/skull warp within the local part (leaving the new face alone); the random draws are the
-    same either way, so the remaining part is identical to that of the full subject.
+    same either way, so the remaining part is identical to that of the full subject (unless the
+    smallest Jacobian falls under ``MIN_JACOBIAN`` in one case and not the other, when the new face is
+    carried less far: ``params["face"]["scale"]``).
     """
     g = as_grid(grid)
     if index < 0:
@@ -335,7 +340,7 @@ def draw_warp(index: int, grid: Union[ModelGrid, int], seed: int = 0, global_par
     face_seed = int(rng.integers(0, 2 ** 31 - 1))
     face = faceshape.normalise_to(faceshape.random_face_surface(face_seed))
     face_v, face_stats = facewarp.face_velocity(frame.fit, face, frame.nodes, frame.face_weight)
-    l_field = l_field - facewarp.to_normalised(face_v, frame.nodes.reference)
+    face_n = facewarp.to_normalised(face_v, frame.nodes.reference)
 
     # head-forward affine f(p) = c + R S (p - c) + t; the warp samples at its inverse
     rot = aug.affine_matrix(affine["rotation_deg"], [1.0, 1.0, 1.0])
@@ -343,17 +348,23 @@ def draw_warp(index: int, grid: Union[ModelGrid, int], seed: int = 0, global_par
     shift = np.asarray(affine["translation_mm"], np.float32) * per_mm
     centre = frame.centre
     to_t = lambda a: torch.from_numpy(np.ascontiguousarray(np.moveaxis(a, 0, -1)))[None]  # noqa: E731
-    if global_part:  # f^-1(x) = c + inv (x - c) - inv t
-        warp = aug.compose_warp(nodes, centre, inv, -(inv @ shift), to_t(g_field),
-                                to_t(l_field) if local_part else None)
-    else:
-        warp = aug.compose_warp(nodes, centre, np.eye(3, dtype=np.float32), np.zeros(3, np.float32), None,
-                                to_t(l_field) if local_part else None)
+    face_scale = 1.0
+    for attempt in range(FACE_RETRIES + 1):
+        local = to_t(l_field - face_scale * face_n) if local_part else None
+        if global_part:  # f^-1(x) = c + inv (x - c) - inv t
+            warp = aug.compose_warp(nodes, centre, inv, -(inv @ shift), to_t(g_field), local)
+        else:
+            warp = aug.compose_warp(nodes, centre, np.eye(3, dtype=np.float32), np.zeros(3, np.float32), None, local)
+        min_jac = warp.min_jacobian()
+        if min_jac >= MIN_JACOBIAN or not local_part or attempt == FACE_RETRIES:
+            break
+        face_scale *= FACE_BACKOFF  # a rare face that would squeeze tissue too hard: carry it less far
     params = {
         "index": int(index), "seed": int(seed), "grid": g.size, "spacing_mm": float(g.spacing),
         "source": name, **affine, "global_warp_mm": g_amp, "global_warp_sigma_mm": GLOBAL_WARP_SIGMA_MM,
         "face_warp_mm": l_amp, "face_warp_sigma_mm": l_sigma, "detail_warp_mm": d_amp,
-        "detail_warp_sigma_mm": d_sigma, "face": {**face.params, **face_stats},
+        "detail_warp_sigma_mm": d_sigma, "face": {**face.params, **face_stats, "scale": round(face_scale, 3)},
+        "min_jacobian": min_jac,
     }
     return warp, params, rng, frame
 
@@ -370,7 +381,7 @@ def generate_subject(index: int, grid: Union[ModelGrid, int], seed: int = 0) -> 
         ip = aug.IntensityParams.draw(rng)
         image = aug.augment_intensity(warped[0], frame.scale, ip, rng, g.size * g.spacing).numpy()
     params.update({"gamma": ip.gamma, "bias_peak": ip.bias_peak, "bias_sigma_mm": ip.bias_sigma_mm,
-                   "gain": ip.gain, "noise_sigma": ip.noise_sigma, "min_jacobian": warp.min_jacobian()})
+                   "gain": ip.gain, "noise_sigma": ip.noise_sigma})
     return Subject(image=image, brain=brain, source=params["source"], params=params, reference=src.reference,
                    head=head)
 
