@@ -349,3 +349,16 @@ def test_evaluate_reports_round_trip_metrics(tmp_path, monkeypatch):
     res = evaluate_bundle(bundle, 128, 5, [0], render=False)
     s = res["summary"]
     assert res["architecture"] == 2 and np.isfinite(s["face_psnr_db"]) and s["skin_distance_mm"] >= 0
+
+
+def test_face_shape_maps_of_a_random_face_follow_the_brain():
+    from cpmae.conditions import face_seed_for, face_shape_maps, grid_reference
+
+    img, brain = phantom_arrays(128)
+    ref = grid_reference(brain.shape, 2.0)
+    a = face_shape_maps(face_seed_for(0), brain, ref, 4)
+    b = face_shape_maps(face_seed_for(1), brain, ref, 4)
+    assert a.shape == (2, 32, 32, 32) and a[0].max() == 1.0 and not np.array_equal(a, b)
+    ys = np.nonzero(a[0].any(axis=(0, 2)))[0]
+    brain_y = np.nonzero(brain.any(axis=(0, 2)))[0]
+    assert ys.min() * 4 < brain_y.min()  # the face surface lies in front of the brain (low y)

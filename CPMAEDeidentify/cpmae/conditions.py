@@ -46,16 +46,6 @@ def shape_maps(points_zyx: np.ndarray, token_shape, factor: int) -> np.ndarray:
     return maps
 
 
-def brain_placement(brain: np.ndarray, reference) -> tuple:
-    """(centre in physical LPS mm, size in mm = cube root of the brain volume) of a model-grid mask."""
-    zyx = np.argwhere(brain > 0)
-    spacing = np.asarray(reference.GetSpacing(), np.float64)
-    direction = np.asarray(reference.GetDirection(), np.float64).reshape(3, 3)
-    centre = np.asarray(reference.GetOrigin()) + (zyx.mean(0)[::-1] * spacing) @ direction.T
-    size = float(np.cbrt(len(zyx) * np.prod(spacing)))
-    return centre, size
-
-
 def grid_reference(shape, spacing_mm: float):
     """An axis-aligned LPS reference of the model grid. Shape maps only depend on where the face
     lies relative to the brain, so any origin gives the same maps (training uses this one)."""
@@ -68,16 +58,12 @@ def grid_reference(shape, spacing_mm: float):
 
 def face_shape_maps(face_seed: int, brain: np.ndarray, reference, factor: int) -> np.ndarray:
     """[2,T,T,T] shape maps of MakeHuman face ``face_seed`` (``cpmae.faceshape``, CC0) placed in
-    front of this brain by its position and size (``cpmae.facewarp.place_face``): the same rule in
-    training (the subject's own face seed) and at de-identification (a seed drawn from the run's
-    seed), so the patient's outline is never an input."""
-    from cpmae import cohort, faceshape, facewarp
+    front of this brain by its position and size (``cpmae.cohort.random_face_voxels``): the same
+    rule in training (the subject's own face seed) and at de-identification (a seed drawn from the
+    run's seed), so the patient's outline is never an input."""
+    from cpmae import cohort
 
-    surface = faceshape.normalise_to(faceshape.random_face_surface(int(face_seed)))
-    centre, size = brain_placement(brain, reference)
-    verts = facewarp.place_face(surface, centre, size, cohort.source_fit("pydeface-mean", 128),
-                                cohort.source_brain_size_mm("pydeface-mean", 128))
-    points = facewarp.physical_to_voxel(reference, verts)
+    points = cohort.random_face_voxels(int(face_seed), brain, reference)
     t = tuple(s // factor for s in brain.shape)
     return shape_maps(points, t, factor)
 
