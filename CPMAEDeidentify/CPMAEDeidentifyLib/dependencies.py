@@ -30,6 +30,7 @@ REQUIREMENTS: Dict[str, str] = {
     "yaml": "pyyaml==6.0.2",
     "PIL": "pillow==10.4.0",  # the engine's own renderings (cpmae render / deidentify --render)
     "psutil": "psutil==6.1.1",  # cancel kills the engine's whole process tree
+    "isal": "isal==1.7.2",  # fast gzip for .nii.gz outputs (wheels for 3.9 and 3.12; the engine falls back to zlib)
     # imported by deepbet's brain extraction (deepbet itself is installed with --no-deps)
     "pandas": "pandas==2.2.3",
     "fill_voids": "fill-voids==2.0.8",
