@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cpmae.models.layers import ResBlock, SelfAttention3d, norm, pixel_shuffle3d, pixel_unshuffle3d
-from cpmae.models.prior import PriorConfig, timestep_embedding
+from cpmae.models.prior import PriorConfig, unet_trunk
 
 NORM = "channel"
 
@@ -117,18 +117,7 @@ class DigitPrior(nn.Module):
             raise ValueError(f"prior expects {self.n_cond} condition maps, got {cond.shape[1]}")
         pos = coordinates(origin, b, size, self.cfg.token_size, noisy.device)
         h = torch.cat([h, cond.to(h.dtype), pos.to(h.dtype)], 1)
-        h = self.stem(pixel_unshuffle3d(h.contiguous(), 2))
-        temb = self.time_mlp(timestep_embedding(t, self.cfg.channels[0]))
-        for blk in self.down0:
-            h = blk(h, temb)
-        skip = h
-        h = self.down(h)
-        for blk in self.mid:
-            h = blk(h, temb)
-        h = self.attn(h)
-        h = self.merge(torch.cat([self.up(h), skip], dim=1))
-        for blk in self.up0:
-            h = blk(h, temb)
+        h = unet_trunk(self, self.stem(pixel_unshuffle3d(h.contiguous(), 2)), t)
         return self.out(pixel_shuffle3d(self.head(h), 2))
 
     def _split(self, logits: torch.Tensor):

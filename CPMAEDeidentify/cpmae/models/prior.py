@@ -55,6 +55,23 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
 
 
+def unet_trunk(net: nn.Module, h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The U-Net body both prior architectures share (same module names, so bundles keep loading):
+    FiLM'd blocks at full and half token resolution, attention at the coarsest level, one skip."""
+    temb = net.time_mlp(timestep_embedding(t, net.cfg.channels[0]))
+    for blk in net.down0:
+        h = blk(h, temb)
+    skip = h
+    h = net.down(h)
+    for blk in net.mid:
+        h = blk(h, temb)
+    h = net.attn(h)
+    h = net.merge(torch.cat([net.up(h), skip], dim=1))
+    for blk in net.up0:
+        h = blk(h, temb)
+    return h
+
+
 class TokenPrior(nn.Module):
     def __init__(self, cfg: PriorConfig = PriorConfig()):
         super().__init__()
@@ -108,17 +125,5 @@ class TokenPrior(nn.Module):
         ``cond`` and ``origin`` are architecture 2's inputs; this architecture ignores them."""
         h = torch.cat([self.embed_x(noisy), self.embed_brain(brain)], dim=-1)  # [B,T,T,T,2e]
         h = pixel_unshuffle3d(h.permute(0, 4, 1, 2, 3).contiguous(), 2)
-        h = self.stem(h)
-        temb = self.time_mlp(timestep_embedding(t, self.cfg.channels[0]))
-        for blk in self.down0:
-            h = blk(h, temb)
-        skip = h
-        h = self.down(h)
-        for blk in self.mid:
-            h = blk(h, temb)
-        h = self.attn(h)
-        h = self.merge(torch.cat([self.up(h), skip], dim=1))
-        for blk in self.up0:
-            h = blk(h, temb)
-        h = pixel_shuffle3d(self.head(h), 2)
-        return self.out(h)
+        h = unet_trunk(self, self.stem(h), t)
+        return self.out(pixel_shuffle3d(self.head(h), 2))
