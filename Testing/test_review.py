@@ -49,15 +49,15 @@ def test_cases_come_from_the_manifest(batch_out):
 
 def test_decision_lands_in_manifest_and_provenance_atomically(batch_out):
     manifest = batch_out / "logs" / "manifest.jsonl"
-    before = manifest.read_text()
+    before = manifest.read_text(encoding="utf-8")
     inode = os.stat(manifest).st_ino
     C.record_decision(batch_out, "a.nii.gz", "rejected", "  still\nlooks like\tthe patient ")
-    after = manifest.read_text()
+    after = manifest.read_text(encoding="utf-8")
     assert after.startswith(before) and os.stat(manifest).st_ino != inode  # old lines kept, file replaced
     event = json.loads(after.splitlines()[-1])
     assert event["status"] == "reviewed" and event["decision"] == "rejected"
     assert event["reason"] == "still looks like the patient"  # one line
-    prov = json.loads((batch_out / "a.nii.gz.provenance.json").read_text())
+    prov = json.loads((batch_out / "a.nii.gz.provenance.json").read_text(encoding="utf-8"))
     assert prov["review"]["decision"] == "rejected" and prov["output_sha256"]
     C.record_decision(batch_out, "a.nii.gz", "approved")  # the latest decision wins
     assert {c.case: c.decision for c in C.load_cases(batch_out)}["a.nii.gz"] == "approved"
@@ -74,7 +74,7 @@ def test_decision_refused_while_a_batch_writes_the_manifest(batch_out):
             C.record_decision(batch_out, "a.nii.gz", "approved")
     finally:
         holder.close()
-    assert "reviewed" not in (batch_out / "logs" / "manifest.jsonl").read_text()
+    assert "reviewed" not in (batch_out / "logs" / "manifest.jsonl").read_text(encoding="utf-8")
 
 
 def test_output_outside_the_folder_is_refused(batch_out, tmp_path):
@@ -87,7 +87,7 @@ def test_output_outside_the_folder_is_refused(batch_out, tmp_path):
         C.output_path(batch_out, evil)
     with pytest.raises(OutputError, match="outside"):
         C.record_decision(batch_out, "evil", "approved")
-    assert '"reviewed"' not in manifest.read_text()
+    assert '"reviewed"' not in manifest.read_text(encoding="utf-8")
 
 
 def test_missing_input_and_bad_folders(batch_out, tmp_path):
@@ -104,7 +104,7 @@ def test_missing_input_and_bad_folders(batch_out, tmp_path):
 def test_report_counts_thumbnails_of_flagged_outputs_and_no_input_paths(batch_out, tmp_path):
     C.record_decision(batch_out, "c.nii.gz", "rejected", "no face")
     path, counts = write_report(batch_out, tmp_path / "report.html")
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8")
     assert counts["flagged"] == 2 and counts["rejected"] == 1
     assert text.count("<img src='data:image/png;base64,") == 4  # frontal + profile of the 2 flagged outputs
     assert "no face" in text and "rejected" in text

@@ -33,7 +33,7 @@ def served(tmp_path_factory):
     (root / "in" / "sub-03_T1w.nii.gz").unlink()  # the input of one case is gone
     port = free_port()
     env = dict(os.environ)
-    log = open(root / "server.log", "w")
+    log = open(root / "server.log", "w", encoding="utf-8")
     proc = subprocess.Popen([sys.executable, "-m", "cpmae", "review", str(out), "--port", str(port)],
                             stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
@@ -46,7 +46,7 @@ def served(tmp_path_factory):
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     log.flush()
-                    pytest.fail("cpmae review did not start:\n" + (root / "server.log").read_text()[-3000:])
+                    pytest.fail("cpmae review did not start:\n" + (root / "server.log").read_text(encoding="utf-8")[-3000:])
                 time.sleep(0.5)
         yield url, out, root
     finally:
@@ -103,9 +103,9 @@ def test_review_page_select_navigate_filter_approve(served):
             time.sleep(5)  # let the views stream their last frames
             b.screenshot(shot)
 
-    events = [json.loads(line) for line in (out / "logs" / "manifest.jsonl").read_text().splitlines() if line]
+    events = [json.loads(line) for line in (out / "logs" / "manifest.jsonl").read_text(encoding="utf-8").splitlines() if line]
     reviews = [e for e in events if e["status"] == "reviewed"]
     assert reviews == [{"case": "sub-01_T1w.nii.gz", "status": "reviewed", "decision": "approved",
                         "reason": "new face, brain seam invisible", "time": reviews[0]["time"]}]
-    prov = json.loads((out / "sub-01_T1w.nii.gz.provenance.json").read_text())
+    prov = json.loads((out / "sub-01_T1w.nii.gz.provenance.json").read_text(encoding="utf-8"))
     assert prov["review"]["decision"] == "approved" and prov["review"]["reason"] == "new face, brain seam invisible"

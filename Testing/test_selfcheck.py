@@ -180,7 +180,7 @@ def test_deidentify_file_records_the_check_or_writes_nothing(head, tmp_path, mon
 
     out = tmp_path / "out.nii.gz"
     pipeline.deidentify_file(src, out, on_flag="retry", retries=2)
-    rec = json.loads(provenance_path(out).read_text())
+    rec = json.loads(provenance_path(out).read_text(encoding="utf-8"))
     assert rec["seed"] == 1 and rec["self_check"]["passed"]
     assert [a["seed"] for a in rec["self_check"]["attempts"]] == [0, 1]
 
@@ -191,7 +191,7 @@ def test_deidentify_file_records_the_check_or_writes_nothing(head, tmp_path, mon
 
     unchecked = tmp_path / "unchecked.nii.gz"
     pipeline.deidentify_file(src, unchecked, self_check=False)
-    assert "self_check" not in json.loads(provenance_path(unchecked).read_text())
+    assert "self_check" not in json.loads(provenance_path(unchecked).read_text(encoding="utf-8"))
 
 
 def test_batch_counts_flagged_cases_in_summary_manifest_and_exit_code(tmp_path):
@@ -218,8 +218,8 @@ def test_batch_counts_flagged_cases_in_summary_manifest_and_exit_code(tmp_path):
     ok = [r for r in read_manifests(out / "logs") if r["status"] == "ok"]
     assert {r["case"]: r["self_check"]["flagged"] for r in ok} == {
         "a.nii.gz": ["face"], "b.nii.gz": [], "c.nii.gz": ["face"]}
-    assert json.loads((out / "logs" / "summary.json").read_text())["flagged"] == 2
-    assert json.loads((out / "a.nii.gz.provenance.json").read_text())["self_check"]["flagged"] == ["face"]
+    assert json.loads((out / "logs" / "summary.json").read_text(encoding="utf-8"))["flagged"] == 2
+    assert json.loads((out / "a.nii.gz.provenance.json").read_text(encoding="utf-8"))["self_check"]["flagged"] == ["face"]
     again = run_batch(in_dir, out, resolution=128, process_case=worker)  # resumed: still flagged
     assert again.already_done == 3 and again.exit_code == 2
 

@@ -210,7 +210,7 @@ def test_budget_schedule_counts_time_before_a_resume(tmp_path):
     run = tmp_path / "run"
     train(cfg, run, stop_at=2)
     ckpt = latest_checkpoint(run)
-    state = json.loads((ckpt / "state.json").read_text())
+    state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
     state["elapsed_s"] = 0.95 * 600  # as if 95 % of the budget had been spent before the kill
     (ckpt / "state.json").write_text(json.dumps(state))
     train(cfg, run, resume=True, stop_at=3)
@@ -238,7 +238,7 @@ def test_prior2_trains_validates_and_exports_seeds(tmp_path):
     summary = train(prior2_config(tokens, steps=2, val_every=2, full_grid_fraction=0.5), tmp_path / "prior")
     assert np.isfinite(summary["val_nll"]) and "val_nll_tissue" in summary
     out = export([runs["brain"], runs["nonbrain"], tmp_path / "prior"], tmp_path / "bundle")
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["architecture"] == 2
     assert manifest["data"]["cohort_seeds"] == [7, 11]
     assert all(isinstance(s, int) for s in manifest["data"]["cohort_seeds"])

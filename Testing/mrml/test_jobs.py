@@ -126,7 +126,7 @@ def test_cancel_kills_grandchildren_in_their_own_session_and_great_grandchildren
     deadline = time.monotonic() + 10
     while not (work / "great.pid").is_file() and time.monotonic() < deadline:
         time.sleep(0.05)
-    pids = [int(p) for p in (work / "pids").read_text().split()] + [int((work / "great.pid").read_text())]
+    pids = [int(p) for p in (work / "pids").read_text(encoding="utf-8").split()] + [int((work / "great.pid").read_text(encoding="utf-8"))]
     assert all(_alive(pid) for pid in pids)
     runner.cancel()
     _finish(runner)

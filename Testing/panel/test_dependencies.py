@@ -113,7 +113,7 @@ def test_every_engine_dependency_is_provided_by_slicer_or_installed_by_the_panel
     VTK are the exceptions: Slicer ships VTK; the face self-check is not run from the panel)."""
     import tomllib
 
-    project = tomllib.loads((Path(dependencies.__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    project = tomllib.loads((Path(dependencies.__file__).resolve().parents[2] / "pyproject.toml").read_text(encoding="utf-8"))
     names = {re.split(r"[<>=!~ ;\[]", d)[0].lower() for d in project["project"]["dependencies"]}
     panel = {r.split("==")[0].lower() for r in [dependencies.DEEPBET_REQUIREMENT, *dependencies.REQUIREMENTS.values()]}
     provided = {p.lower() for p in dependencies.PROTECTED}
