@@ -68,3 +68,28 @@ if __name__ == "__main__":  # python Testing/review_fixtures.py DIR: a folder to
     import sys
 
     print(make_review_batch(Path(sys.argv[1])))
+
+
+def phantom_batch_with_flags(root: Path, passing=("b.nii.gz",)):
+    """Inputs a, b, c (phantom heads) in ``root/in`` and a stand-in batch worker: each output is the
+    input + 1, and every case but ``passing`` is flagged "face" by a pretend self-check.
+
+    Returns (in_dir, worker) for ``run_batch(in_dir, out, process_case=worker)``: the batch's
+    flag bookkeeping is tested without rendering or running the model."""
+    from cpmae.io import copy_geometry, read_image, write_image
+    from phantoms import phantom_image
+
+    in_dir = root / "in"
+    in_dir.mkdir()
+    image, _ = phantom_image()
+    for name in ("a", "b", "c"):
+        write_image(image, in_dir / f"{name}.nii.gz")
+
+    def worker(in_path, out_path, *, seed, reporter, **_):
+        img = read_image(in_path)
+        write_image(copy_geometry(sitk.GetArrayFromImage(img) + 1, img), out_path)
+        flagged = [] if in_path.name in passing else ["face"]
+        checks = {"face": {"result": "flag" if flagged else "pass", "value": None if flagged else 0.9}}
+        return {"seed": seed, "self_check": {"passed": not flagged, "flagged": flagged, "checks": checks}}
+
+    return in_dir, worker

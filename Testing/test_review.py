@@ -4,34 +4,19 @@ from __future__ import annotations
 import json
 import os
 
-import numpy as np
 import pytest
-import SimpleITK as sitk
 
 from cpmae.batch import Manifest, run_batch
 from cpmae.errors import InputError, OutputError
-from cpmae.io import copy_geometry, read_image, write_image
 from cpmae.review import cases as C
-from cpmae.review.report import build_report, write_report
-from phantoms import phantom_image
+from cpmae.review.report import write_report
+from review_fixtures import phantom_batch_with_flags
 
 
 @pytest.fixture
 def batch_out(tmp_path):
     """A flat batch of three phantom heads; b passes its (stand-in) self-check, a and c are flagged."""
-    in_dir = tmp_path / "in"
-    in_dir.mkdir()
-    image, _ = phantom_image()
-    for name in ("a", "b", "c"):
-        write_image(image, in_dir / f"{name}.nii.gz")
-
-    def worker(in_path, out_path, *, seed, reporter, **_):
-        img = read_image(in_path)
-        write_image(copy_geometry(sitk.GetArrayFromImage(img) + 1, img), out_path)
-        flagged = [] if in_path.name == "b.nii.gz" else ["face"]
-        checks = {"face": {"result": "flag" if flagged else "pass", "value": None if flagged else 0.9}}
-        return {"seed": seed, "self_check": {"passed": not flagged, "flagged": flagged, "checks": checks}}
-
+    in_dir, worker = phantom_batch_with_flags(tmp_path)
     out = tmp_path / "out"
     run_batch(in_dir, out, resolution=128, process_case=worker)
     return out

@@ -196,20 +196,9 @@ def test_deidentify_file_records_the_check_or_writes_nothing(head, tmp_path, mon
 
 def test_batch_counts_flagged_cases_in_summary_manifest_and_exit_code(tmp_path):
     from cpmae.batch import read_manifests, run_batch
-    from cpmae.io import copy_geometry, read_image, write_image
-    from phantoms import phantom_image
+    from review_fixtures import phantom_batch_with_flags
 
-    in_dir = tmp_path / "in"
-    in_dir.mkdir()
-    image, _ = phantom_image()
-    for name in ("a", "b", "c"):
-        write_image(image, in_dir / f"{name}.nii.gz")
-
-    def worker(in_path, out_path, *, seed, reporter, **_):
-        img = read_image(in_path)
-        write_image(copy_geometry(sitk.GetArrayFromImage(img) + 1, img), out_path)
-        flagged = ["face"] if in_path.name != "b.nii.gz" else []
-        return {"seed": seed, "self_check": {"passed": not flagged, "flagged": flagged, "checks": {}}}
+    in_dir, worker = phantom_batch_with_flags(tmp_path)
 
     out = tmp_path / "out"
     summary = run_batch(in_dir, out, resolution=128, process_case=worker)
