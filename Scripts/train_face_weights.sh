@@ -10,7 +10,9 @@
 #
 # usage: Scripts/train_face_weights.sh [--profile gpu|cpu|tiny] [--work DIR] [--out BUNDLE]
 #            [--resolution 128] [--cohort-seed 10] [--eval-seed 11] [--subjects N] [--tok-subjects N]
-#            [--init-from BUNDLE]
+#            [--init-from BUNDLE] [--minutes BRAIN,NONBRAIN,PRIOR]
+# --minutes: override the profile's stage budgets (totals across resumes; a budget lowered on
+# resume ends that stage sooner with its learning rate decayed over the new total).
 # --init-from: a committed architecture-2 bundle whose weights start every stage that has no
 # checkpoint yet (a replaced machine keeps only the repository).
 # The cohort seed is recorded in the bundle manifest (data.cohort_seeds); the audit refuses a
@@ -27,6 +29,7 @@ EVAL_SEED=11
 SUBJECTS=""
 TOK_SUBJECTS=""
 INIT=()
+MINUTES=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --profile) PROFILE="$2"; shift 2 ;;
@@ -38,7 +41,8 @@ while [[ $# -gt 0 ]]; do
     --subjects) SUBJECTS="$2"; shift 2 ;;
     --tok-subjects) TOK_SUBJECTS="$2"; shift 2 ;;
     --init-from) INIT=(--set "init_from=$2"); shift 2 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    --minutes) MINUTES="$2"; shift 2 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -63,6 +67,10 @@ case "$PROFILE" in
         MIN_BRAIN=0.15; MIN_NONBRAIN=0.15; MIN_PRIOR=0.2; EVAL_N=1; CKPT=5 ;;
   *) echo "--profile must be gpu, cpu or tiny" >&2; exit 2 ;;
 esac
+if [[ -n "$MINUTES" ]]; then
+  IFS=, read -r MIN_BRAIN MIN_NONBRAIN MIN_PRIOR <<< "$MINUTES"
+  [[ -n "$MIN_PRIOR" ]] || { echo "--minutes needs three budgets: BRAIN,NONBRAIN,PRIOR" >&2; exit 2; }
+fi
 OUT=${OUT:-$WORK/bundle-$RES}
 NTRAIN=$(( N - VAL ))  # prior: subjects 0..N-VAL-1 train, the last VAL are held out
 NTOK_TRAIN=$(( NTOK - VAL ))  # tokenizers learn from fewer subjects (a probe reached 30 dB from 20)

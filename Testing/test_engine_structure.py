@@ -111,3 +111,18 @@ def test_each_fact_is_written_in_one_module(fact, pattern, home):
 
     found = {name for name, text in _engine_sources().items() if re.search(pattern, text)}
     assert found <= home, f"{fact} restated in {sorted(found - home)}: import it from {sorted(home)}"
+
+
+def test_grid_defaults_come_from_geometry():
+    """A grid side as a default or a choice (``resolution: int = 128``, ``Choice(["128", "256"])``,
+    a .ui combo item) is written nowhere but geometry: everything else names DEFAULT_RESOLUTION,
+    QUICK_RESOLUTION or GRIDS."""
+    import re
+
+    module = PACKAGE.parent
+    sources = {p.relative_to(module).as_posix(): p.read_text(encoding="utf-8")
+               for p in list(module.rglob("*.py")) + list(module.rglob("*.ui")) if "egg-info" not in str(p)}
+    pattern = re.compile(r"(resolution|in_size|grid)\s*(:\s*int\s*)?=\s*(128|256)\b|\[\"128\", \"256\"\]"
+                         r"|<string>(128|256)</string>")
+    found = {name for name, text in sources.items() if pattern.search(text)}
+    assert found <= {"cpmae/geometry.py"}, f"grid sides restated in {sorted(found)}"

@@ -7,7 +7,7 @@ job has succeeded, so a failure or a cancel leaves neither a half-filled node no
 Console use::
 
     logic = CPMAEDeidentifyLogic()
-    job = logic.process(getNode("MRHead"), resolution=128)
+    job = logic.process(getNode("MRHead"), resolution=QUICK_RESOLUTION)
     job.outputNode
 """
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from cpmae import errors
+from cpmae.geometry import QUICK_RESOLUTION
 from CPMAEDeidentifyLib import jobs, segmentation, volumes
 from CPMAEDeidentifyLib.context import SlicerContext
 
@@ -231,7 +232,7 @@ class CPMAEDeidentifyLogic:
         return segmentation.maskImageFromNode(self.context, maskNode, inputNode)
 
     def process(self, inputNode, outputName: Optional[str] = None, maskNode=None, weights: Optional[str] = None,
-                resolution: int = 128, steps: Optional[int] = None, seed: int = 0, device: str = "auto",
+                resolution: int = QUICK_RESOLUTION, steps: Optional[int] = None, seed: int = 0, device: str = "auto",
                 showMask: bool = True, waitForCompletion: bool = True, onEvent: EventCallback = None) -> DeidentifyJob:
         """Remodel the face of ``inputNode`` into a new volume node (``job.outputNode``).
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional
 
+from cpmae.geometry import QUICK_RESOLUTION
 from CPMAEDeidentifyLib import jobs
 
 STAGES = (  # (run folder name, cpmae train arguments)
@@ -27,7 +28,7 @@ STAGES = (  # (run folder name, cpmae train arguments)
 class TrainingSettings:
     dataFolder: str  # a folder from `cpmae prepare` / `cpmae encode`, or "cohort" for generated subjects
     outputFolder: str
-    resolution: int = 128
+    resolution: int = QUICK_RESOLUTION
     steps: int = 1000
     device: str = "auto"
 

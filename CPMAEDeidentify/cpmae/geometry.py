@@ -53,6 +53,8 @@ class ModelGrid:
 
 GRIDS: Dict[int, ModelGrid] = {128: ModelGrid(128, 2.0), 256: ModelGrid(256, 1.0)}  # every grid, by side
 DEFAULT_RESOLUTION = 256  # the 1 mm grid: the face at a scanner's usual resolution
+QUICK_RESOLUTION = min(GRIDS)  # the 2 mm grid: where time counts more than detail (training on CPUs,
+# the audit, the Slicer panel's training default, face placement of the cohort)
 
 
 def describe_grids(default: Optional[int] = None) -> str:

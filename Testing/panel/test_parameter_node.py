@@ -32,6 +32,8 @@ PATH_TYPES = (pathlib.Path, pathlib.PosixPath, pathlib.WindowsPath, pathlib.Pure
               pathlib.PureWindowsPath)
 NO_DEFAULT = object()
 
+from cpmae.geometry import GRIDS, QUICK_RESOLUTION  # noqa: E402  (after the importorskip)
+
 
 # stand-ins for slicer.parameterNodeWrapper's validators (same names and meaning)
 @dataclass
@@ -63,12 +65,14 @@ def declared_fields(source: str):
     assert len(classes) == 1, "exactly one @parameterNodeWrapper class"
     namespace = {"Annotated": Annotated, "Optional": Optional, "Union": Union, "pathlib": pathlib,
                  "Choice": Choice, "Minimum": Minimum, "Maximum": Maximum, "WithinRange": WithinRange,
+                 "GRIDS": GRIDS, "QUICK_RESOLUTION": QUICK_RESOLUTION,  # the widget imports them from the engine
                  **{name: getattr(slicer, name) for name in dir(slicer) if name.startswith("vtkMRML")}}
     fields = []
     for stmt in classes[0].body:
         if isinstance(stmt, ast.AnnAssign):
             annotation = eval(compile(ast.Expression(stmt.annotation), str(WIDGET), "eval"), namespace)
-            default = NO_DEFAULT if stmt.value is None else ast.literal_eval(stmt.value)
+            default = (NO_DEFAULT if stmt.value is None
+                       else eval(compile(ast.Expression(stmt.value), str(WIDGET), "eval"), namespace))
             fields.append((stmt.target.id, annotation, default))
     return fields
 

@@ -22,8 +22,10 @@ from typing import Tuple
 import numpy as np
 import SimpleITK as sitk
 
+from cpmae.geometry import QUICK_RESOLUTION
+
 REFERENCE_SOURCE = "pydeface-mean"
-REFERENCE_GRID = 128
+REFERENCE_GRID = QUICK_RESOLUTION
 FRAME_SPACING_MM = 2.0  # the pictures' resolution (cpmae.render works at 2 mm)
 FRAME_SIZE = 136  # 272 mm: vertex to chin and nose to occiput of an adult head around its brain
 FRAME_DOWN_MM = 25.0  # the frame centre sits this far below the brain centroid (the face is below it)

@@ -31,6 +31,7 @@ from cpmae.audit import attack, overlap, renders
 from cpmae.audit.dataset import Scan, discover_scans
 from cpmae.audit.methods import DEFAULT_METHODS, Method, make_cpmae, resolve_methods
 from cpmae.errors import InputError
+from cpmae.geometry import QUICK_RESOLUTION
 from cpmae.progress import Reporter
 
 TRAIN_INDEX_START = 100_000  # generated training subjects start here: disjoint from any cohort index
@@ -43,7 +44,7 @@ class AuditSettings:
 
     methods: List[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
     weights: Optional[str] = None
-    resolution: int = 128
+    resolution: int = QUICK_RESOLUTION
     steps: Optional[int] = None
     seed: int = 0
     device: str = "cpu"

