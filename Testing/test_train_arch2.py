@@ -24,7 +24,7 @@ from cpmae.train.logs import read_metrics
 from cpmae.train.loop import bf16_supported, train, use_bf16
 from cpmae.train.tasks import PriorTask
 from phantoms import phantom_arrays, phantom_image
-from test_train import TINY_TOKENIZER, write_prepared
+from test_train import TINY_PRIOR, TINY_TOKENIZER, write_prepared
 
 PKG = Path(__file__).resolve().parents[1] / "CPMAEDeidentify" / "cpmae"
 TINY2_TOK = dict(TINY_TOKENIZER, arch=2)
@@ -325,8 +325,11 @@ def test_warm_start_from_a_bundle_when_the_run_has_no_checkpoint(tmp_path):
     got = load_file(str(latest_checkpoint(tmp_path / "warm") / "model.safetensors"))
     want = load_bundle(bundle, 128).prior.state_dict()
     assert all(torch.equal(got[k], want[k]) for k in want)
+    old = save_bundle(tmp_path / "arch1", build("tokenizer", dict(TINY_TOKENIZER, in_size=128)),
+                      build("tokenizer", dict(TINY_TOKENIZER, in_size=128)),
+                      build("prior", dict(TINY_PRIOR)), 128, {"training_data": "none"})
     with pytest.raises(InputError, match="another architecture"):
-        train(prior2_config(tokens, steps=0, init_from="demo-128"), tmp_path / "wrong")
+        train(prior2_config(tokens, steps=0, init_from=str(old)), tmp_path / "wrong")
 
 
 def test_evaluate_reports_round_trip_metrics(tmp_path, monkeypatch):
