@@ -56,15 +56,15 @@ VAL=4
 case "$PROFILE" in
   gpu)  N=${SUBJECTS:-180}; NTOK=${TOK_SUBJECTS:-$N}; WORKERS=$(( $(nproc) > 2 ? $(nproc) - 2 : 1 )); DEV=cuda; THREADS=0
         TOK_B=(--batch-size 8); PRIOR_B=(--batch-size 32)
-        MIN_BRAIN=1.0; MIN_NONBRAIN=1.8; MIN_PRIOR=2.8; EVAL_N=4; CKPT=200 ;;
+        MIN_BRAIN=1.0; MIN_NONBRAIN=1.8; MIN_PRIOR=2.8; EVAL_N=4; CKPT=200; ENCODERS=1 ;;
   cpu)  N=${SUBJECTS:-500}; NTOK=${TOK_SUBJECTS:-36}; WORKERS=1; DEV=cpu; THREADS=1; NICE=(nice -n 15)
         export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1  # one core of a shared machine, generation included
         TOK_B=(--batch-size 2); PRIOR_B=(--batch-size 8)
-        MIN_BRAIN=60; MIN_NONBRAIN=180; MIN_PRIOR=900; EVAL_N=6; CKPT=100 ;;
+        MIN_BRAIN=60; MIN_NONBRAIN=180; MIN_PRIOR=900; EVAL_N=6; CKPT=100; ENCODERS=$(nproc) ;;
   tiny) N=${SUBJECTS:-6}; NTOK=${TOK_SUBJECTS:-$N}; VAL=2; WORKERS=2; DEV=cpu; THREADS=1
         TOK_B=(--batch-size 2 --set model.channels=[4,8] --set model.blocks=[1,1]); PRIOR_B=(--batch-size 8 --set micro_batch=4
         --set model.channels=[8,16] --set model.blocks=1 --set model.head_channels=4 --set model.embed_dim=2)
-        MIN_BRAIN=0.15; MIN_NONBRAIN=0.15; MIN_PRIOR=0.2; EVAL_N=1; CKPT=5 ;;
+        MIN_BRAIN=0.15; MIN_NONBRAIN=0.15; MIN_PRIOR=0.2; EVAL_N=1; CKPT=5; ENCODERS=2 ;;
   *) echo "--profile must be gpu, cpu or tiny" >&2; exit 2 ;;
 esac
 if [[ -n "$MINUTES" ]]; then
@@ -109,10 +109,18 @@ run_stage tokenizer-brain tokenizer --part brain --resolution "$RES" --max-minut
 prefill "$N"
 
 if [[ ! -f "$WORK/tokens/manifest.json" ]]; then
-  stamp "encode $N subjects"
-  "${NICE[@]}" "${CPMAE[@]}" encode --out "$WORK/tokens" --brain-tokenizer "$WORK/tokenizer-brain" \
-    --nonbrain-tokenizer "$WORK/tokenizer-nonbrain" --count "$N" --cohort-seed "$COHORT_SEED" \
-    --resolution "$RES" --device "$DEV" --progress none
+  # ENCODERS processes side by side (one thread each on CPU), then one pass that finds every pair
+  # written and writes the manifest; a killed encode resumes from the pairs already written
+  stamp "encode $N subjects ($ENCODERS process(es))"
+  ENC=(encode --out "$WORK/tokens" --brain-tokenizer "$WORK/tokenizer-brain" --nonbrain-tokenizer
+       "$WORK/tokenizer-nonbrain" --count "$N" --cohort-seed "$COHORT_SEED" --resolution "$RES" --device "$DEV"
+       --progress none)
+  pids=()
+  for (( k = 0; k < ENCODERS; k++ )); do
+    "${NICE[@]}" "${CPMAE[@]}" "${ENC[@]}" --shard "$k/$ENCODERS" & pids+=($!)
+  done
+  for p in "${pids[@]}"; do wait "$p"; done
+  "${NICE[@]}" "${CPMAE[@]}" "${ENC[@]}"
 fi
 
 # the face-shape condition when the cohort has faces (the token pairs then carry shape maps)

@@ -94,6 +94,21 @@ def test_encode_writes_token_pairs_the_prior_can_train_on(tmp_path):
         brain, nonbrain = z["brain"], z["nonbrain"]
     assert brain.shape == nonbrain.shape == (8, 8, 8)  # 32³ phantom / 4 voxels per token
     assert brain.min() >= 0 and brain.max() < 512 and not np.array_equal(brain, nonbrain)
+    # two shards side by side, then a pass that finds every pair written: the same dataset
+    args = ["--brain-tokenizer", str(tmp_path / "brain"), "--nonbrain-tokenizer", str(tmp_path / "nonbrain"),
+            "--data", str(data), "--count", "3", "--progress", "none"]
+    sharded = tmp_path / "sharded"
+    assert main(["encode", "--out", str(sharded), "--shard", "1/2"] + args) == 0
+    assert not (sharded / "manifest.json").exists() and len(list((sharded / "tokens").glob("*.npz"))) == 1
+    assert main(["encode", "--out", str(sharded), "--shard", "0/2"] + args) == 0
+    again = json.loads((sharded / "manifest.json").read_text(encoding="utf-8"))
+    assert [c["file"] for c in again["cases"]] == [c["file"] for c in manifest["cases"]]
+    for case in manifest["cases"]:
+        with np.load(out / case["file"]) as a, np.load(sharded / case["file"]) as b:
+            assert all(np.array_equal(a[k], b[k]) for k in a.files)
+    # pairs of other tokenizers are never mixed in: the folder remembers which weights made them
+    assert main(["encode", "--out", str(sharded), "--brain-tokenizer", str(tmp_path / "nonbrain"),
+                 "--nonbrain-tokenizer", str(tmp_path / "brain")] + args[4:]) == 2
     summary = train(tiny_prior_config(out, steps=2, val_every=2), tmp_path / "prior")
     assert summary["step"] == 2 and 0 <= summary["val_token_acc"] <= 1
     # the same prior from on-the-fly pairs, with a before/after render of a remodeled held-out head

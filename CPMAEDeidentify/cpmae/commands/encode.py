@@ -28,6 +28,9 @@ def register(sub) -> None:
                    "prepared: at most N cases)")
     p.add_argument("--cohort-seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help=DEVICE_HELP)
+    p.add_argument("--shard", default="0/1", metavar="K/N",
+                   help="encode only subjects i with i %% N == K (run N processes side by side; the run that "
+                        "finds every pair written, e.g. a last one without --shard, writes the manifest)")
     p.add_argument("--progress", choices=("auto", "bar", "json", "none"), default="auto")
     p.set_defaults(func=run)
 
@@ -68,12 +71,24 @@ def encode_dataset(args) -> Path:
         source = D.prepared_source(Path(args.data), res, args.count, 0, 1)
         manifest = D.read_manifest(Path(args.data))
         ids = [c["id"] for c in manifest["cases"] if str(res) in c.get("grids", {})][: source.n_train]
+    shard, shards = _parse_shard(args.shard)
     out = args.out
     (out / "tokens").mkdir(parents=True, exist_ok=True)
+    _claim(out, brain_tok, nonbrain_tok, f"{args.data}|{args.cohort_seed}|{res}")
     cases, with_shape = [], 0
     reporter = Reporter(args.progress)
     with reporter.stage("encode", total=len(ids)) as stage:
         for i, cid in enumerate(ids):
+            rel = f"tokens/{cid}.npz"
+            if (out / rel).is_file():  # written by an earlier (killed) run or another shard: resume
+                with np.load(out / rel) as done:
+                    with_shape += "shape" in done.files
+                cases.append({"id": cid, "file": rel})
+                stage.advance()
+                continue
+            if i % shards != shard:
+                stage.advance()
+                continue
             vol = source.train(i)
             brain, nonbrain, cond = encode_pair(brain_tok, nonbrain_tok, vol, args.device)
             # int16 holds any code of 12,800; occupancy (cpmae.conditions) as float16
@@ -83,12 +98,13 @@ def encode_dataset(args) -> Path:
             if shape is not None:
                 pair["shape"] = shape.astype(np.float16)
                 with_shape += 1
-            rel = f"tokens/{cid}.npz"
             tmp = out / "tokens" / f".{cid}.{os.getpid()}.tmp.npz"
             np.savez(tmp, **pair)
             os.replace(tmp, out / rel)
             cases.append({"id": cid, "file": rel})
             stage.advance()
+    if len(cases) < len(ids):  # other shards still to come
+        return out
     manifest = {"kind": "cpmae-tokens", "version": 1, "resolution": res, "token_size": brain_tok.cfg.token_size,
                 "codebook_size": brain_tok.codebook_size, "levels": list(brain_tok.cfg.levels),
                 "arch": int(brain_tok.cfg.arch), "tokenizers": origin, "data": source.description,
@@ -97,6 +113,39 @@ def encode_dataset(args) -> Path:
                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "cases": cases}
     write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=1) + "\n")
     return out
+
+
+def _claim(out: Path, brain_tok, nonbrain_tok, data: str) -> None:
+    """Pairs already in ``out`` are reused (resume, shards) only if the same tokenizer weights
+    and data made them: a fingerprint of both is kept next to them."""
+    import hashlib
+
+    from cpmae.atomic import write_text_atomic
+    from cpmae.errors import InputError
+
+    h = hashlib.sha256(data.encode())
+    for tok in (brain_tok, nonbrain_tok):
+        for name, v in sorted(tok.state_dict().items()):
+            h.update(name.encode())
+            h.update(v.detach().float().cpu().numpy().tobytes())
+    key = out / "tokens" / "fingerprint.txt"
+    if key.is_file():
+        if key.read_text(encoding="utf-8").strip() != h.hexdigest():
+            raise InputError("holds token pairs of other tokenizers or data: encode into a new --out", path=out)
+    else:
+        write_text_atomic(key, h.hexdigest() + "\n")
+
+
+def _parse_shard(spec: str):
+    from cpmae.errors import InputError
+
+    try:
+        k, n = (int(v) for v in str(spec).split("/"))
+    except ValueError:
+        raise InputError(f"--shard must be K/N (e.g. 0/2), not {spec!r}") from None
+    if not 0 <= k < n:
+        raise InputError(f"--shard {spec}: K must be in 0..N-1")
+    return k, n
 
 
 def _shape_maps(args, res: int, index: int, vol, factor: int):
