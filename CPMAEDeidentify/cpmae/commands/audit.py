@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from cpmae.device import DEVICE_HELP
-from cpmae.geometry import GRIDS
+from cpmae.geometry import GRIDS, QUICK_RESOLUTION, describe_grids
 
 
 def register(sub) -> None:
@@ -20,8 +20,9 @@ def register(sub) -> None:
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                    help=f"comma-separated methods (default: {','.join(DEFAULT_METHODS)})")
     p.add_argument("--weights", default=None, help="CPMAE weights bundle (default: the shipped demo weights)")
-    p.add_argument("--resolution", type=int, choices=sorted(GRIDS), default=min(GRIDS),
-                   help="CPMAE model grid and the grid of generated training subjects (default 128)")
+    p.add_argument("--resolution", type=int, choices=sorted(GRIDS), default=QUICK_RESOLUTION,
+                   help="CPMAE model grid and the grid of generated training subjects: "
+                        + describe_grids(QUICK_RESOLUTION))
     p.add_argument("--steps", type=int, default=None, help="CPMAE sampling steps (default: the bundle's)")
     p.add_argument("--seed", type=int, default=0, help="seed of CPMAE, the attacker and the bootstrap")
     p.add_argument("--device", default="cpu", help="default cpu; " + DEVICE_HELP)
