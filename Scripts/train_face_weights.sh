@@ -60,7 +60,7 @@ case "$PROFILE" in
   cpu)  N=${SUBJECTS:-500}; NTOK=${TOK_SUBJECTS:-36}; WORKERS=1; DEV=cpu; THREADS=1; NICE=(nice -n 15)
         export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1  # one core of a shared machine, generation included
         TOK_B=(--batch-size 2); PRIOR_B=(--batch-size 8)
-        MIN_BRAIN=60; MIN_NONBRAIN=180; MIN_PRIOR=900; EVAL_N=6; CKPT=100; ENCODERS=$(nproc) ;;
+        MIN_BRAIN=60; MIN_NONBRAIN=180; MIN_PRIOR=900; EVAL_N=6; CKPT=100; ENCODERS=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc) ;;
   tiny) N=${SUBJECTS:-6}; NTOK=${TOK_SUBJECTS:-$N}; VAL=2; WORKERS=2; DEV=cpu; THREADS=1
         TOK_B=(--batch-size 2 --set model.channels=[4,8] --set model.blocks=[1,1]); PRIOR_B=(--batch-size 8 --set micro_batch=4
         --set model.channels=[8,16] --set model.blocks=1 --set model.head_channels=4 --set model.embed_dim=2)
