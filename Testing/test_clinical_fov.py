@@ -13,13 +13,13 @@ import SimpleITK as sitk
 
 from cpmae.audit.methods import face_region
 from cpmae.brainmask import compute_brain_mask, inferior_face, validate_mask
+from cpmae.cohort import HEAD_THRESHOLD as HEAD_FRACTION  # head vs air, share of the intensity scale
 from cpmae.envelope import head_mask
 from cpmae.errors import InputError
 from cpmae.intensity import intensity_scale
 from cpmae.io import read_image
 from cpmae.pipeline import deidentify
 
-HEAD_FRACTION = 0.08  # of the intensity scale: above this a voxel is "head", not air
 # crop levels, in mm above the lowest brain (brainstem) voxel of the whole head's mask
 BELOW_CEREBELLUM_MM = 4.0  # only the medulla is cut (section ~6 cm²)
 THROUGH_CEREBELLUM_MM = 18.0  # both cerebellar hemispheres are cut (section ~35 cm²)

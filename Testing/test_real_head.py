@@ -9,12 +9,11 @@ import pytest
 import SimpleITK as sitk
 
 from cpmae.audit.methods import face_region
+from cpmae.cohort import HEAD_THRESHOLD as HEAD_FRACTION  # head vs air, share of the intensity scale
 from cpmae.envelope import head_mask
 from cpmae.intensity import intensity_scale
 from cpmae.io import read_image
 from cpmae.pipeline import deidentify
-
-HEAD_FRACTION = 0.08  # of the intensity scale: above this a voxel is "head", not air
 
 
 @pytest.fixture(scope="module")
