@@ -213,7 +213,13 @@ def evaluate_real(weights, resolution: int, seeds=(0, 1, 2, 3, 4), samples=("pyd
                     row["nearest_training_distance"].append(
                         round(min(facerec.distance(emb, t) for t in train_embeddings), 3))
         row["seed_pair_distances"] = [round(facerec.distance(a, b), 3) for a, b in combinations(embs, 2)]
+        row["_embeddings"], row["_input_embedding"] = embs, before_emb
         rows.append(row)
+    # memorisation of a source head: every output against every real head's own face
+    inputs = [r["_input_embedding"] for r in rows if r["_input_embedding"] is not None]
+    to_real = [facerec.distance(e, i) for r in rows for e in r.pop("_embeddings") for i in inputs]
+    for r in rows:
+        r.pop("_input_embedding")
     found = [f for r in rows for f in r["after_face"]]
     pairs = [d for r in rows for d in r["seed_pair_distances"]]
     to_input = [d for r in rows for d in r["identity_distance_to_input"]]
@@ -227,6 +233,8 @@ def evaluate_real(weights, resolution: int, seeds=(0, 1, 2, 3, 4), samples=("pyd
         summary["distance_to_input_min"] = min(to_input)
     if nearest:
         summary["nearest_training_distance_min"] = min(nearest)
+    if to_real:
+        summary["nearest_real_head_distance_min"] = round(min(to_real), 3)
     return {"weights": bundle.manifest.get("name"), "resolution": resolution, "real_heads": list(samples),
             "seconds": round(time.perf_counter() - t0, 1), "summary": summary, "heads": rows}
 
