@@ -301,6 +301,12 @@ def test_face_shape_condition_trains_and_is_drawn_at_deidentification(tmp_path, 
     x, y = sitk.GetArrayFromImage(img), sitk.GetArrayFromImage(res[0].image)
     b = sitk.GetArrayFromImage(mask) > 0
     assert x[b].tobytes() == y[b].tobytes()
+    # the bundle's sampler settings (chosen by measurement) reach the sampler: guidance changes the draw
+    assert res[0].info["guidance"] == 1.0
+    bundle.manifest["sampler"] = {"guidance": 3.0}
+    guided = deidentify(img, mask, bundle=bundle, steps=1, seed=0, mask_limits={"min_cm3": 1})
+    assert guided.info["guidance"] == 3.0
+    assert not np.array_equal(sitk.GetArrayFromImage(guided.image), y)
 
 
 def test_warm_start_from_a_bundle_when_the_run_has_no_checkpoint(tmp_path):

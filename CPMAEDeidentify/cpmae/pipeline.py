@@ -63,7 +63,9 @@ def deidentify(image: sitk.Image, mask: Optional[sitk.Image] = None, weights=Non
         bundle.to(dev)
     resolution = bundle.resolution
     steps = int(steps or bundle.manifest.get("sampler", {}).get("steps", DEFAULT_STEPS))
-    temperature = float(bundle.manifest.get("sampler", {}).get("temperature", 1.0))
+    sampler = bundle.manifest.get("sampler", {})  # chosen by measurement when the bundle was made
+    temperature = float(sampler.get("temperature", 1.0))
+    guidance = float(sampler.get("guidance", 1.0))
     if mask is None:
         with reporter.stage("brain mask"):
             mask = compute_brain_mask(image, device=dev, path=source)
@@ -106,7 +108,8 @@ def deidentify(image: sitk.Image, mask: Optional[sitk.Image] = None, weights=Non
             with reporter.stage("envelope constraint"):
                 bias = envelope_logit_bias(hull, b, bundle.nonbrain_tokenizer)
         nonbrain_tokens = sample_nonbrain_tokens(bundle.prior, brain_tokens, steps=steps, seed=seed,
-                                                 temperature=temperature, logit_bias=bias, reporter=reporter,
+                                                 temperature=temperature, guidance=guidance, logit_bias=bias,
+                                                 reporter=reporter,
                                                  cond=cond)
         with reporter.stage("decode"):
             decoded = bundle.nonbrain_tokenizer.decode(nonbrain_tokens)[0, 0].float().cpu().numpy() * scale
@@ -134,6 +137,7 @@ def deidentify(image: sitk.Image, mask: Optional[sitk.Image] = None, weights=Non
         "envelope": bool(envelope),
         "architecture": bundle.architecture,
         "temperature": temperature,
+        "guidance": guidance,
         "brain_volume_cm3": round(volume_cm3, 1),
         "brain_voxels": int(np.count_nonzero(sitk.GetArrayViewFromImage(mask))),
         "changed_voxels": changed,

