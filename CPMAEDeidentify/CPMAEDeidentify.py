@@ -28,7 +28,7 @@ from CPMAEDeidentifyLib import jobs, models, training
 from CPMAEDeidentifyLib.context import SlicerContext
 from CPMAEDeidentifyLib.logic import CPMAEDeidentifyLogic as EngineLogic
 from CPMAEDeidentifyLib.logic import MaskJob, RenderJob
-from cpmae.geometry import GRIDS, QUICK_RESOLUTION  # numpy + SimpleITK only: loads inside Slicer
+from CPMAEDeidentifyLib.training import DEFAULT_GRID_CHOICE, GRID_CHOICES
 
 POLL_INTERVAL_MS = 100
 LOSS_NODE_NAMES = (("vtkMRMLTableNode", "CPMAE training loss"), ("vtkMRMLPlotSeriesNode", "CPMAE loss"),
@@ -145,7 +145,7 @@ class CPMAEDeidentifyParameterNode:
     reviewThumbnails: str = ""
     trainDataFolder: str = ""
     trainOutputFolder: str = ""
-    trainResolution: Annotated[str, Choice([str(g) for g in GRIDS])] = str(QUICK_RESOLUTION)
+    trainResolution: Annotated[str, Choice(GRID_CHOICES)] = DEFAULT_GRID_CHOICE
     trainSteps: Annotated[int, WithinRange(1, 10000000)] = 1000
     trainDevice: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     # set by the panel, not by a widget
@@ -204,7 +204,7 @@ class CPMAEDeidentifyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         for view in STANDARD_VIEWS:
             self.ui.qaViewComboBox.addItem(VIEW_LABELS[view], view)
-        self.ui.trainResolutionComboBox.addItems([str(g) for g in GRIDS])  # before the parameter node
+        self.ui.trainResolutionComboBox.addItems(GRID_CHOICES)  # before the parameter node connects
 
         # the parameter node is connected first: handlers below may read it
         self.initializeParameterNode()
@@ -350,7 +350,7 @@ class CPMAEDeidentifyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if local:
             return models.bundleResolution(local)
         entry = next((e for e in self._catalogue if e.name == self._parameterNode.modelName), None)
-        return entry.resolution if entry is not None else QUICK_RESOLUTION
+        return entry.resolution if entry is not None else int(DEFAULT_GRID_CHOICE)
 
     def _showResolution(self) -> None:
         if self._parameterNode is None:

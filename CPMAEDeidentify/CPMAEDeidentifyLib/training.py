@@ -14,8 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional
 
-from cpmae.geometry import QUICK_RESOLUTION
+from cpmae.geometry import GRIDS, QUICK_RESOLUTION
 from CPMAEDeidentifyLib import jobs
+
+# the panel's grid choice (parameter node Choice and combo items): the widget file must not import
+# the engine itself (Testing/mrml/test_packaging.py), so it takes them from here
+GRID_CHOICES = [str(g) for g in GRIDS]
+DEFAULT_GRID_CHOICE = str(QUICK_RESOLUTION)
 
 STAGES = (  # (run folder name, cpmae train arguments)
     ("brain_tokenizer", ["tokenizer", "--part", "brain"]),

@@ -32,7 +32,7 @@ PATH_TYPES = (pathlib.Path, pathlib.PosixPath, pathlib.WindowsPath, pathlib.Pure
               pathlib.PureWindowsPath)
 NO_DEFAULT = object()
 
-from cpmae.geometry import GRIDS, QUICK_RESOLUTION  # noqa: E402  (after the importorskip)
+from CPMAEDeidentifyLib.training import DEFAULT_GRID_CHOICE, GRID_CHOICES  # noqa: E402  (after the importorskip)
 
 
 # stand-ins for slicer.parameterNodeWrapper's validators (same names and meaning)
@@ -65,7 +65,7 @@ def declared_fields(source: str):
     assert len(classes) == 1, "exactly one @parameterNodeWrapper class"
     namespace = {"Annotated": Annotated, "Optional": Optional, "Union": Union, "pathlib": pathlib,
                  "Choice": Choice, "Minimum": Minimum, "Maximum": Maximum, "WithinRange": WithinRange,
-                 "GRIDS": GRIDS, "QUICK_RESOLUTION": QUICK_RESOLUTION,  # the widget imports them from the engine
+                 "GRID_CHOICES": GRID_CHOICES, "DEFAULT_GRID_CHOICE": DEFAULT_GRID_CHOICE,  # from the Lib
                  **{name: getattr(slicer, name) for name in dir(slicer) if name.startswith("vtkMRML")}}
     fields = []
     for stmt in classes[0].body:
