@@ -189,7 +189,7 @@ def evaluate_real(weights, resolution: int, seeds=(0, 1, 2, 3, 4), samples=("pyd
 
     rec = facerec.recognizer()
     bundle = _load(weights, resolution, device, sampler)
-    rows, t0 = [], time.perf_counter()
+    rows, outputs, inputs, t0 = [], [], [], time.perf_counter()  # embeddings of all heads' outputs / inputs
     for name in samples:
         img = read_image(ensure_sample(name))
         mask = compute_brain_mask(img)
@@ -215,13 +215,11 @@ def evaluate_real(weights, resolution: int, seeds=(0, 1, 2, 3, 4), samples=("pyd
                     row["nearest_training_distance"].append(
                         round(min(facerec.distance(emb, t) for t in train_embeddings), 3))
         row["seed_pair_distances"] = [round(facerec.distance(a, b), 3) for a, b in combinations(embs, 2)]
-        row["_embeddings"], row["_input_embedding"] = embs, before_emb
         rows.append(row)
+        outputs += embs
+        inputs += [] if before_emb is None else [before_emb]
     # memorisation of a source head: every output against every real head's own face
-    inputs = [r["_input_embedding"] for r in rows if r["_input_embedding"] is not None]
-    to_real = [facerec.distance(e, i) for r in rows for e in r.pop("_embeddings") for i in inputs]
-    for r in rows:
-        r.pop("_input_embedding")
+    to_real = [facerec.distance(e, i) for e in outputs for i in inputs]
     found = [f for r in rows for f in r["after_face"]]
     pairs = [d for r in rows for d in r["seed_pair_distances"]]
     to_input = [d for r in rows for d in r["identity_distance_to_input"]]
