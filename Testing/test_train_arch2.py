@@ -371,3 +371,27 @@ def test_face_shape_maps_of_a_random_face_follow_the_brain():
     ys = np.nonzero(a[0].any(axis=(0, 2)))[0]
     brain_y = np.nonzero(brain.any(axis=(0, 2)))[0]
     assert ys.min() * 4 < brain_y.min()  # the face surface lies in front of the brain (low y)
+
+
+def test_training_shape_maps_sit_on_the_subjects_own_skin():
+    """Training maps follow the skin the decoder must draw, not the MakeHuman surface the cohort
+    only partly reached (the prior ignored maps 8–11 mm off the skin): a face patch placed 5 voxels
+    inside a ball head is moved onto the ball's surface, and only near where the patch was."""
+    from scipy import ndimage
+
+    from cpmae.conditions import skin_points
+
+    n, r = 64, 24
+    zz, yy, xx = np.mgrid[:n, :n, :n]
+    head = (zz - 32) ** 2 + (yy - 32) ** 2 + (xx - 32) ** 2 <= r * r
+    image = np.where(head, 1.0, 0.0).astype(np.float32)
+    # a patch of the face plane at y = 32 - r + 5 (inside the head), z, x within ±6 of the centre
+    pz, px = np.meshgrid(np.arange(26, 39), np.arange(26, 39), indexing="ij")
+    patch = np.stack([pz.ravel(), np.full(pz.size, 32 - r + 5), px.ravel()], 1).astype(float)
+    pts = skin_points(patch, image)
+    assert len(pts) >= len(patch) // 2
+    dist_out = ndimage.distance_transform_edt(head)  # distance to air, inside the head
+    p = pts.astype(int)
+    assert dist_out[p[:, 0], p[:, 1], p[:, 2]].max() <= 1.0  # on the skin
+    assert pts[:, 1].max() < 32 - r + 6 and np.abs(pts[:, [0, 2]] - 32).max() <= 9  # only the face patch's part
+    assert len(skin_points(np.zeros((0, 3)), image)) == 0

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
+# Training shape maps: 1 = the placed MakeHuman surface, vertex density in channel 0; 2 = that
+# surface moved onto the subject's skin (``skin_points``), channel 0 binary. Token pairs of different versions must not be mixed (``cpmae encode``).
+SHAPE_MAPS_VERSION = 2
+
 
 def cell_fractions(mask: np.ndarray, factor: int) -> np.ndarray:
     """Fraction of each token cell (factor³ voxels) covered by ``mask`` [z,y,x] -> [T,T,T] float32."""
@@ -26,7 +30,9 @@ def brain_maps(brain: np.ndarray, factor: int) -> np.ndarray:
 def shape_maps(points_zyx: np.ndarray, token_shape, factor: int) -> np.ndarray:
     """[2,T,T,T] float32 face-shape maps from surface points given as model-grid voxel indices
     (z, y, x; the face looks towards low y, ``cpmae.geometry``):
-    0: share of the points in each token cell (normalised to max 1), where the skin runs;
+    0: 1 in token cells the surface crosses, else 0: where the skin runs. Binary, because a
+       mesh's vertex density and a voxel surface's differ ~10× (mean nonzero 0.04 vs 0.36 as a
+       share of the fullest cell), and training maps come from voxels, inference maps from a mesh;
     1: behind the surface: in each (z, x) column that the surface crosses, the cells at or
        posterior to its most anterior crossing (head, coarsely), 0 in front of it (air).
     """
@@ -37,8 +43,7 @@ def shape_maps(points_zyx: np.ndarray, token_shape, factor: int) -> np.ndarray:
     cells = cells[inside]
     if not len(cells):
         return maps
-    np.add.at(maps[0], (cells[:, 0], cells[:, 1], cells[:, 2]), 1.0)
-    maps[0] /= maps[0].max()
+    maps[0][cells[:, 0], cells[:, 1], cells[:, 2]] = 1.0
     front = np.full((t[0], t[2]), t[1], np.int64)
     np.minimum.at(front, (cells[:, 0], cells[:, 2]), cells[:, 1])
     ys = np.arange(t[1])[None, :, None]
@@ -66,6 +71,34 @@ def face_shape_maps(face_seed: int, brain: np.ndarray, reference, factor: int) -
     points = cohort.random_face_voxels(int(face_seed), brain, reference)
     t = tuple(s // factor for s in brain.shape)
     return shape_maps(points, t, factor)
+
+
+def skin_points(points_zyx: np.ndarray, image: np.ndarray, reach_vox: float = 1.5) -> np.ndarray:
+    """[V,3] the subject's own skin where a placed face surface says the face is: training only.
+
+    The generated cohort carries each subject's skin only part of the way onto its MakeHuman face
+    (the warp is zero near the brain and Jacobian-limited): measured 4–6 voxels (8–11 mm at 128³)
+    between the two surfaces, and a prior trained on maps that do not say where the skin is learned
+    to ignore them. So training maps show the skin the decoder must draw: each face point moved to
+    its nearest skin-surface voxel (``cohort.head_mask``), widened to the skin voxels within
+    ``reach_vox`` of those, which keeps the face's coverage instead of a sparse point cloud. At
+    de-identification the placed MakeHuman surface itself is the map (there is no skin to follow).
+    """
+    from scipy import ndimage
+
+    from cpmae import cohort
+
+    head = cohort.head_mask(image)
+    surface = head & ~ndimage.binary_erosion(head)
+    _, nearest = ndimage.distance_transform_edt(~surface, return_indices=True)
+    p = np.rint(np.asarray(points_zyx, np.float64)).astype(np.int64)
+    p = p[np.all((p >= 0) & (p < np.array(image.shape)), axis=1)]  # a neck below the grid: not skin here
+    if not surface.any() or not len(p):
+        return np.zeros((0, 3), np.float64)
+    hit = np.zeros(image.shape, bool)
+    hit[tuple(nearest[:, p[:, 0], p[:, 1], p[:, 2]])] = True
+    near = ndimage.distance_transform_edt(~hit) <= reach_vox
+    return np.argwhere(surface & near).astype(np.float64)
 
 
 def face_seed_for(seed: int) -> int:

@@ -12,6 +12,7 @@ import json
 import os
 from pathlib import Path
 
+from cpmae.conditions import SHAPE_MAPS_VERSION
 from cpmae.device import DEVICE_HELP
 from cpmae.geometry import GRIDS
 
@@ -74,7 +75,7 @@ def encode_dataset(args) -> Path:
     shard, shards = _parse_shard(args.shard)
     out = args.out
     (out / "tokens").mkdir(parents=True, exist_ok=True)
-    _claim(out, brain_tok, nonbrain_tok, f"{args.data}|{args.cohort_seed}|{res}")
+    _claim(out, brain_tok, nonbrain_tok, f"{args.data}|{args.cohort_seed}|{res}|{SHAPE_MAPS_VERSION}")
     cases, with_shape = [], 0
     reporter = Reporter(args.progress)
     with reporter.stage("encode", total=len(ids)) as stage:
@@ -109,7 +110,7 @@ def encode_dataset(args) -> Path:
                 "codebook_size": brain_tok.codebook_size, "levels": list(brain_tok.cfg.levels),
                 "arch": int(brain_tok.cfg.arch), "tokenizers": origin, "data": source.description,
                 "cohort_seeds": [int(args.cohort_seed)] if args.data == "cohort" else [],
-                "shape_maps": with_shape == len(cases) and bool(cases),
+                "shape_maps": with_shape == len(cases) and bool(cases), "shape_maps_version": SHAPE_MAPS_VERSION,
                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "cases": cases}
     write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=1) + "\n")
     return out
@@ -149,18 +150,23 @@ def _parse_shard(spec: str):
 
 
 def _shape_maps(args, res: int, index: int, vol, factor: int):
-    """Face-shape maps of a generated subject's own MakeHuman face, placed by its brain like at
-    de-identification (``cpmae.conditions.face_shape_maps``); None without a face seed."""
+    """Face-shape maps of a generated subject: its own MakeHuman face placed by its brain as at
+    de-identification (``cpmae.conditions.face_shape_maps``), then moved onto the subject's actual
+    skin (``conditions.skin_points``), so the map says where the skin to draw is; None without a face seed."""
     if args.data != "cohort":
         return None
-    from cpmae.conditions import face_shape_maps, grid_reference
+    from cpmae.conditions import grid_reference
     from cpmae.geometry import GRIDS
     from cpmae.train.data import subject_face_seed
 
     face_seed = subject_face_seed(res, args.cohort_seed, index)
     if face_seed is None:
         return None
-    return face_shape_maps(face_seed, vol.brain, grid_reference(vol.brain.shape, GRIDS[res].spacing), factor)
+    from cpmae import cohort
+    from cpmae.conditions import shape_maps, skin_points
+
+    placed = cohort.random_face_voxels(face_seed, vol.brain, grid_reference(vol.brain.shape, GRIDS[res].spacing))
+    return shape_maps(skin_points(placed, vol.image), tuple(s // factor for s in vol.brain.shape), factor)
 
 
 def run(args) -> int:
