@@ -13,6 +13,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from cpmae.conditions import SHAPE_MAPS_VERSION
 from cpmae.models import DigitPrior, TokenPrior, Tokenizer, build
 from cpmae.models.build import ARCH2, complete
 from cpmae.models.digit_prior import from_digits, to_digits
@@ -161,7 +162,8 @@ def test_face_crops_exclude_every_air_code():
     assert cells[:, 1].max() < brain_y
 
 
-def write_tokens2(folder: Path, n: int = 4, token_size: int = 8, seeds=(7,), shape: bool = False) -> Path:
+def write_tokens2(folder: Path, n: int = 4, token_size: int = 8, seeds=(7,), shape: bool = False,
+                  shape_version: int = None) -> Path:
     """Architecture-2 token pairs with occupancy (and face-shape) maps, as `cpmae encode` writes them."""
     (folder / "tokens").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -175,7 +177,8 @@ def write_tokens2(folder: Path, n: int = 4, token_size: int = 8, seeds=(7,), sha
         cases.append({"id": f"s{i}", "file": f"tokens/s{i}.npz"})
     (folder / "manifest.json").write_text(json.dumps({
         "kind": "cpmae-tokens", "resolution": 128, "token_size": token_size, "codebook_size": 12800,
-        "levels": list(LEVELS), "arch": 2, "cohort_seeds": list(seeds), "data": "test", "cases": cases}))
+        "levels": list(LEVELS), "arch": 2, "cohort_seeds": list(seeds), "data": "test", "cases": cases,
+        "shape_maps": shape, "shape_maps_version": shape_version or SHAPE_MAPS_VERSION}))
     return folder
 
 
@@ -282,6 +285,10 @@ def test_face_shape_condition_trains_and_is_drawn_at_deidentification(tmp_path, 
     assert np.isfinite(summary["val_nll"])
     with pytest.raises(InputError, match="condition maps"):
         train(prior2_config(write_tokens2(tmp_path / "plain"), model=model), tmp_path / "prior-plain")
+    # maps made by an earlier rule (MakeHuman surface, not the subject's skin) are refused, not mixed
+    with pytest.raises(InputError, match="version 1"):
+        train(prior2_config(write_tokens2(tmp_path / "v1", shape=True, shape_version=1), model=model),
+              tmp_path / "prior-v1")
 
     calls = []
 

@@ -13,6 +13,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from cpmae.conditions import SHAPE_MAPS_VERSION
 from cpmae.errors import InputError
 from cpmae.train.data import SubjectSource, Volume
 
@@ -92,6 +93,10 @@ def folder_pairs(folder: Path, resolution: int, n_train: int, n_val: int) -> Pai
     manifest = read_token_manifest(folder)
     if int(manifest["resolution"]) != resolution:
         raise InputError(f"token dataset is for the {manifest['resolution']}³ grid, not {resolution}³", path=folder)
+    if manifest.get("shape_maps") and int(manifest.get("shape_maps_version", 1)) != SHAPE_MAPS_VERSION:
+        raise InputError(f"token pairs carry face-shape maps of version {manifest.get('shape_maps_version', 1)}, "
+                         f"this engine makes version {SHAPE_MAPS_VERSION}: re-encode with `cpmae encode` into a new "
+                         "folder", path=folder)
     cases = manifest["cases"]
     if not cases:
         raise InputError("token dataset has no cases", path=folder)
