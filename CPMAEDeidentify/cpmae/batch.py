@@ -22,7 +22,6 @@ in milliseconds; the default (``PipelineWorker``) calls ``cpmae.pipeline.deident
 from __future__ import annotations
 
 import datetime as _dt
-import fcntl
 import json
 import os
 import shutil
@@ -35,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
-from cpmae import __version__
+from cpmae import __version__, locks
 from cpmae.atomic import (STORAGE_ERRNOS, ensure_output_dir, fsync_dir, remove_stale_temps, storage_error,
                           write_text_atomic)
 from cpmae.dataset import (DETACHED_HEADER_SUFFIXES, IMAGE_FORMATS, IMAGE_SUFFIXES, WRITABLE_SUFFIXES, find_scans,
@@ -204,7 +203,7 @@ class Manifest:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fh = open(path, "a+b")
         try:
-            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            locks.lock(self._fh)
         except OSError:
             self._fh.close()
             raise OutputError("another deidentify-batch run is writing this manifest "
@@ -251,7 +250,7 @@ class OutDirLock:
         self.path = folder / f"{self.spec}.lock"
         self._fh = None
         with open(folder / ".guard", "a+b") as guard:
-            fcntl.flock(guard.fileno(), fcntl.LOCK_EX)  # held for milliseconds: no two runs decide at once
+            locks.lock(guard, blocking=True)  # held for milliseconds: no two runs decide at once
             try:
                 for other in sorted(folder.glob("*.lock")):
                     if other == self.path:
@@ -265,7 +264,7 @@ class OutDirLock:
                             "Runs can share a folder only as different shards of one --shard i/N", path=log_dir.parent)
                 fh = open(self.path, "a+b")
                 try:
-                    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    locks.lock(fh)
                 except OSError:
                     who = _holder_text(fh)
                     fh.close()
@@ -281,11 +280,11 @@ class OutDirLock:
                     pass
                 self._fh = fh
             finally:
-                fcntl.flock(guard.fileno(), fcntl.LOCK_UN)
+                locks.unlock(guard)
 
     def release(self) -> None:
         if self._fh is not None:
-            self._fh.close()  # closing drops the flock; the file stays (harmless, reused next time)
+            self._fh.close()  # closing drops the lock; the file stays (harmless, reused next time)
             self._fh = None
 
 
@@ -324,10 +323,10 @@ def _live_holder(path: Path) -> Optional[str]:
         return None
     try:
         try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            locks.lock(fh, exclusive=False)
         except OSError:
             return _holder_text(fh)
-        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        locks.unlock(fh)
         return None
     finally:
         fh.close()

@@ -14,12 +14,12 @@ Output paths come from the manifest and must resolve inside ``OUT_DIR``; anythin
 from __future__ import annotations
 
 import datetime as _dt
-import fcntl
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
+from cpmae import locks
 from cpmae.atomic import write_bytes_atomic, write_text_atomic
 from cpmae.batch import LOG_DIR
 from cpmae.errors import InputError, OutputError
@@ -162,13 +162,15 @@ def record_decision(out_dir: Union[str, Path], case_id: str, decision: str, reas
         raise OutputError("refused: manifest outside the output folder", path=manifest)
     with open(manifest, "rb") as fh:
         try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            locks.lock(fh)
         except OSError:
             raise OutputError("a deidentify-batch run is writing this manifest; decide when it has finished",
                               path=manifest) from None
         data = fh.read()
         if data and not data.endswith(b"\n"):
             data += b"\n"
+        if not locks.REPLACE_WHILE_OPEN:
+            fh.close()  # Windows cannot rename over an open file: the lock ends a moment early there
         write_bytes_atomic(manifest, data + (json.dumps(event) + "\n").encode("utf-8"))
     if prov is not None:
         if prov.is_file():
