@@ -13,7 +13,7 @@ import SimpleITK as sitk
 
 from cpmae.audit.methods import face_region
 from cpmae.brainmask import compute_brain_mask, inferior_face, validate_mask
-from cpmae.cohort import HEAD_THRESHOLD as HEAD_FRACTION  # head vs air, share of the intensity scale
+from cpmae.intensity import HEAD_FRACTION  # head vs air, share of the intensity scale
 from cpmae.envelope import head_mask
 from cpmae.errors import InputError
 from cpmae.intensity import intensity_scale

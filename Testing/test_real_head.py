@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 
 from cpmae.audit.methods import face_region
-from cpmae.cohort import HEAD_THRESHOLD as HEAD_FRACTION  # head vs air, share of the intensity scale
+from cpmae.intensity import HEAD_FRACTION  # head vs air, share of the intensity scale
 from cpmae.envelope import head_mask
 from cpmae.intensity import intensity_scale
 from cpmae.io import read_image

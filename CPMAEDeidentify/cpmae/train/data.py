@@ -21,9 +21,8 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from cpmae.errors import InputError
-from cpmae.intensity import intensity_scale
+from cpmae.intensity import HEAD_FRACTION, intensity_scale
 
-HEAD_THRESHOLD = 0.1  # normalised intensity above which a voxel is head, not air
 CANDIDATE_STRIDE = 4  # crop centres are drawn from a subsampled voxel list (cheap, plenty)
 
 
@@ -262,7 +261,7 @@ def choose_crop(vol: Volume, part: str, crop: int, align: int, face_bias: float,
     if part == "brain":
         mask = vol.brain > 0
     elif rng.random() < face_bias:
-        mask = (vol.image > HEAD_THRESHOLD) & (vol.brain == 0)
+        mask = (vol.image > HEAD_FRACTION) & (vol.brain == 0)  # image is already x / scale
         brain_y = np.nonzero(vol.brain.any(axis=(0, 2)))[0]
         if len(brain_y):
             mask[:, int(brain_y.mean()):, :] = False

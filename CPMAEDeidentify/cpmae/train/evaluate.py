@@ -146,12 +146,11 @@ def summarise(rows: List[Dict]) -> Dict:
 
 def _face_and_head(image: sitk.Image, mask: sitk.Image):
     from cpmae.audit.methods import face_region
-    from cpmae.cohort import HEAD_THRESHOLD
     from cpmae.envelope import head_mask
-    from cpmae.intensity import intensity_scale
+    from cpmae.intensity import HEAD_FRACTION, intensity_scale
 
     x = sitk.GetArrayFromImage(image)
-    thr = HEAD_THRESHOLD * intensity_scale(x)  # the real-head tests' "head" line
+    thr = HEAD_FRACTION * intensity_scale(x)  # the real-head tests' "head" line
     return face_region(image, mask) & head_mask(x, thr), thr
 
 
