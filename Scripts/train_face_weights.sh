@@ -108,11 +108,15 @@ run_stage tokenizer-brain tokenizer --part brain --resolution "$RES" --max-minut
   --cohort-size "$NTOK_TRAIN" --val-every 500 "${TOK_B[@]}" "${COMMON[@]}"
 prefill "$N"
 
-if [[ ! -f "$WORK/tokens/manifest.json" ]]; then
+# token pairs and the prior trained on them are kept per face-shape-map rule (cpmae.conditions):
+# a work folder from an earlier rule keeps its tokenizers and re-encodes beside the old pairs
+SHAPE_V=$("$PY" -c "from cpmae.conditions import SHAPE_MAPS_VERSION as v; print(v)")
+TOKENS="$WORK/tokens-v$SHAPE_V"; PRIOR="prior-v$SHAPE_V"
+if [[ ! -f "$TOKENS/manifest.json" ]]; then
   # ENCODERS processes side by side (one thread each on CPU), then one pass that finds every pair
   # written and writes the manifest; a killed encode resumes from the pairs already written
   stamp "encode $N subjects ($ENCODERS process(es))"
-  ENC=(encode --out "$WORK/tokens" --brain-tokenizer "$WORK/tokenizer-brain" --nonbrain-tokenizer
+  ENC=(encode --out "$TOKENS" --brain-tokenizer "$WORK/tokenizer-brain" --nonbrain-tokenizer
        "$WORK/tokenizer-nonbrain" --count "$N" --cohort-seed "$COHORT_SEED" --resolution "$RES" --device "$DEV"
        --progress none)
   pids=()
@@ -125,14 +129,14 @@ fi
 
 # the face-shape condition when the cohort has faces (the token pairs then carry shape maps)
 SHAPE=()
-if "$PY" -c "import json,sys; sys.exit(0 if json.load(open('$WORK/tokens/manifest.json')).get('shape_maps') else 1)"; then
+if "$PY" -c "import json,sys; sys.exit(0 if json.load(open('$TOKENS/manifest.json')).get('shape_maps') else 1)"; then
   SHAPE=(--set model.shape_channels=2)
 fi
-run_stage prior prior --resolution "$RES" --data "$WORK/tokens" --max-minutes "$MIN_PRIOR" --cohort-size "$NTRAIN" \
+run_stage "$PRIOR" prior --resolution "$RES" --data "$TOKENS" --max-minutes "$MIN_PRIOR" --cohort-size "$NTRAIN" \
   --val-every 1000 "${PRIOR_B[@]}" ${SHAPE[@]+"${SHAPE[@]}"} "${COMMON[@]}"
 
 stamp "export $OUT"
-"${CPMAE[@]}" export "$WORK/tokenizer-brain" "$WORK/tokenizer-nonbrain" "$WORK/prior" --out "$OUT" \
+"${CPMAE[@]}" export "$WORK/tokenizer-brain" "$WORK/tokenizer-nonbrain" "$WORK/$PRIOR" --out "$OUT" \
   --note "architecture 2, profile $PROFILE: generated face cohort seed $COHORT_SEED ($NTRAIN training subjects)"
 stamp "held-out metrics (cohort seed $EVAL_SEED, never trained on)"
 "${NICE[@]}" "$PY" -m cpmae.train.evaluate --weights "$OUT" --resolution "$RES" --cohort-seed "$EVAL_SEED" \
