@@ -161,3 +161,24 @@ def test_cli_bad_worker_count_is_one_line_and_writes_nothing(capsys, tmp_path):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--workers" in err[0]
     assert not out.exists()
+
+
+def test_outer_shell_keeps_the_skin_and_drops_what_is_inside():
+    """A face-shape map must show only outer skin: the mesh's mouth bag and eye sockets lie inside
+    the head, and the raw vertices are sparser than the grid (gaps). A closed box (bottom open, as
+    a head mesh ends at the neck) with a triangle inside: the box's walls and top come out without
+    gaps, the inside triangle does not, and nothing is seen through the open bottom."""
+    corners = np.array([[z, y, x] for z in (4, 20) for y in (4, 20) for x in (4, 20)], float)
+
+    def quad(a, b, c, d):
+        return [[a, b, c], [a, c, d]]
+
+    # corner index = 4*(z==20) + 2*(y==20) + (x==20)
+    tris = quad(4, 5, 7, 6) + quad(0, 1, 5, 4) + quad(2, 3, 7, 6) + quad(0, 2, 6, 4) + quad(1, 3, 7, 5)  # no bottom
+    verts = np.concatenate([corners, [[10, 10, 8], [10, 10, 16], [16, 10, 12]]])  # an inside triangle
+    tris = np.array(tris + [[8, 9, 10]])
+    shell = cohort.outer_shell(verts, tris, (24, 24, 24))
+    assert shell[20, 4:21, 4:21].all()  # the top, no gaps
+    assert shell[5:20, 4, 5:20].all() and shell[5:20, 20, 5:20].all()  # front and back walls
+    assert not shell[6:19, 6:19, 6:19].any()  # nothing inside: the inner triangle is hidden
+    assert not shell[:4].any()

@@ -260,11 +260,13 @@ FACE_REFERENCE = "pydeface-mean"  # faces placed by a brain alone sit as they do
 
 
 def random_face_voxels(seed: int, brain: np.ndarray, reference: sitk.Image) -> np.ndarray:
-    """Surface points [V, 3] of random face ``seed`` placed by a brain mask, as voxel indices (z, y, x).
+    """Outer skin voxels [V, 3] of random face ``seed`` placed by a brain mask, as indices (z, y, x).
 
-    For a face-shape condition (``cpmae.conditions.shape_maps``): a random MakeHuman face,
+    For a face-shape condition (``cpmae.conditions.shape_maps``): a random MakeHuman head,
     normalised, put in front of this brain (its centroid and the cube root of its volume) the way
-    faces sit on the averaged head at the quick grid (``facewarp.place_face``). Eyeball helpers are left out.
+    faces sit on the averaged head at the quick grid (``facewarp.place_face``), then rasterised
+    (``outer_shell``): the mesh's vertices alone are sparser than the grid and include the mouth
+    bag and eye sockets, which no MRI shows as skin. The eyeballs close the eye openings like lids.
     """
     surface = faceshape.normalise_to(faceshape.random_face_surface(seed))
     zyx = np.argwhere(np.asarray(brain) > 0).astype(np.float64)
@@ -272,7 +274,39 @@ def random_face_voxels(seed: int, brain: np.ndarray, reference: sitk.Image) -> n
     size = float((len(zyx) * np.prod(reference.GetSpacing())) ** (1.0 / 3.0))
     placed = facewarp.place_face(surface, centre, size, source_fit(FACE_REFERENCE, QUICK_RESOLUTION),
                                  source_brain_size_mm(FACE_REFERENCE, QUICK_RESOLUTION))
-    return facewarp.physical_to_voxel(reference, placed[~surface.is_eye])
+    vox = facewarp.physical_to_voxel(reference, placed)
+    return np.argwhere(outer_shell(vox, surface.triangles, np.asarray(brain).shape)).astype(np.float64)
+
+
+def outer_shell(vertices_zyx: np.ndarray, triangles: np.ndarray, shape) -> np.ndarray:
+    """bool [z, y, x]: voxels of a triangle mesh (vertices as voxel indices) seen from outside.
+
+    Triangles are sampled at under half a voxel, so the rasterised surface has no gaps; a voxel
+    is kept when it is the first one met from the front, the back, either side or the top. Not
+    from below: a head mesh ends at an open neck, through which the inside (mouth, tongue) shows.
+    """
+    tri = np.asarray(vertices_zyx, np.float64)[np.asarray(triangles)]  # [T, 3 corners, 3]
+    edges = np.linalg.norm(tri - np.roll(tri, 1, axis=1), axis=2).max(axis=1)
+    steps = np.clip(np.ceil(edges / 0.45), 1, 64).astype(np.int64)
+    occupied = np.zeros(tuple(int(s) for s in shape), bool)
+    limit = np.array(occupied.shape)
+    for n in np.unique(steps):
+        i, j = np.meshgrid(np.arange(n + 1), np.arange(n + 1), indexing="ij")
+        keep = i + j <= n
+        w = np.stack([i[keep], j[keep], n - i[keep] - j[keep]], 1).astype(np.float64) / n  # barycentric
+        pts = np.einsum("pc,tcd->tpd", w, tri[steps == n]).reshape(-1, 3)
+        idx = np.rint(pts).astype(np.int64)
+        idx = idx[np.all((idx >= 0) & (idx < limit), axis=1)]
+        occupied[idx[:, 0], idx[:, 1], idx[:, 2]] = True
+    shell = np.zeros_like(occupied)
+    for axis, from_high in ((1, False), (1, True), (2, False), (2, True), (0, True)):
+        view = np.flip(occupied, axis) if from_high else occupied
+        first = np.expand_dims(view.argmax(axis=axis), axis)
+        hit = np.zeros_like(view)
+        np.put_along_axis(hit, first, True, axis)
+        hit &= view  # argmax of an empty line is 0: only lines that meet the mesh
+        shell |= np.flip(hit, axis) if from_high else hit
+    return shell
 
 
 # --------------------------------------------------------------------------------------------

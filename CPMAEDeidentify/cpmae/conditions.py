@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-# Training shape maps: 1 = the placed MakeHuman surface, vertex density in channel 0; 2 = that
-# surface moved onto the subject's skin (``skin_points``), channel 0 binary. Token pairs of different versions must not be mixed (``cpmae encode``).
-SHAPE_MAPS_VERSION = 2
+# Training shape maps: 1 = the placed MakeHuman vertices, vertex density in channel 0; 2 = those
+# moved onto the subject's skin (``skin_points``), channel 0 binary; 3 = the mesh's rasterised
+# outer shell (``cohort.outer_shell``: no mouth bag or eye sockets) instead of its vertices. Token pairs of different versions must not be mixed (``cpmae encode``).
+SHAPE_MAPS_VERSION = 3
 
 
 def cell_fractions(mask: np.ndarray, factor: int) -> np.ndarray:
@@ -77,7 +78,7 @@ def skin_points(points_zyx: np.ndarray, image: np.ndarray, reach_vox: float = 1.
     """[V,3] the subject's own skin where a placed face surface says the face is: training only.
 
     The generated cohort carries each subject's skin only part of the way onto its MakeHuman face
-    (the warp is zero near the brain and Jacobian-limited): measured 4–6 voxels (8–11 mm at 128³)
+    (the warp is zero near the brain and Jacobian-limited): measured 4–7 voxels (8–13 mm at 128³) on average
     between the two surfaces, and a prior trained on maps that do not say where the skin is learned
     to ignore them. So training maps show the skin the decoder must draw: each face point moved to
     its nearest skin-surface voxel (``cohort.head_mask``), widened to the skin voxels within
