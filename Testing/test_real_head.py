@@ -9,9 +9,8 @@ import pytest
 import SimpleITK as sitk
 
 from cpmae.audit.methods import face_region
-from cpmae.intensity import HEAD_FRACTION  # head vs air, share of the intensity scale
 from cpmae.envelope import head_mask
-from cpmae.intensity import intensity_scale
+from cpmae.intensity import HEAD_FRACTION, intensity_scale  # head vs air: a share of the scale
 from cpmae.io import read_image
 from cpmae.pipeline import deidentify
 
