@@ -148,7 +148,7 @@ def test_place_face_follows_the_brain():
     vox = cohort.random_face_voxels(11, src.brain, src.reference)
     assert vox.shape[1] == 3 and len(vox) > 1000
     brain_front = np.nonzero(src.brain.any(axis=(0, 2)))[0].min()
-    assert np.percentile(vox[:, 1], 5) < brain_front  # the face lies in front of the brain (low y)
+    assert vox[:, 1].max() < brain_front  # only the face, in front of the brain (low y)
     inside = np.all((vox > -1) & (vox < GRID), axis=1)
     assert inside.mean() > 0.9, inside.mean()  # the head fits in the model grid (the neck may leave it)
 

@@ -12,8 +12,10 @@ import numpy as np
 
 # Training shape maps: 1 = the placed MakeHuman vertices, vertex density in channel 0; 2 = those
 # moved onto the subject's skin (``skin_points``), channel 0 binary; 3 = the mesh's rasterised
-# outer shell (``cohort.outer_shell``: no mouth bag or eye sockets) instead of its vertices. Token pairs of different versions must not be mixed (``cpmae encode``).
-SHAPE_MAPS_VERSION = 3
+# outer shell (``cohort.outer_shell``: no mouth bag or eye sockets) instead of its vertices;
+# 4 = only the shell's face, in front of the brain. Token pairs of different versions must not be
+# mixed (``cpmae encode``, ``cpmae train prior``).
+SHAPE_MAPS_VERSION = 4
 
 
 def cell_fractions(mask: np.ndarray, factor: int) -> np.ndarray:
