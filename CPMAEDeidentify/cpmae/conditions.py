@@ -93,15 +93,24 @@ def skin_points(points_zyx: np.ndarray, image: np.ndarray, reach_vox: float = 1.
 
     head = cohort.head_mask(image)
     surface = head & ~ndimage.binary_erosion(head)
-    _, nearest = ndimage.distance_transform_edt(~surface, return_indices=True)
     p = np.rint(np.asarray(points_zyx, np.float64)).astype(np.int64)
     p = p[np.all((p >= 0) & (p < np.array(image.shape)), axis=1)]  # a neck below the grid: not skin here
     if not surface.any() or not len(p):
         return np.zeros((0, 3), np.float64)
+    _, nearest = ndimage.distance_transform_edt(~surface, return_indices=True)
     hit = np.zeros(image.shape, bool)
     hit[tuple(nearest[:, p[:, 0], p[:, 1], p[:, 2]])] = True
     near = ndimage.distance_transform_edt(~hit) <= reach_vox
     return np.argwhere(surface & near).astype(np.float64)
+
+
+def training_shape_maps(face_seed: int, brain: np.ndarray, image: np.ndarray, reference, factor: int) -> np.ndarray:
+    """[2,T,T,T] shape maps of a generated subject for training: its MakeHuman face placed as in
+    ``face_shape_maps``, then moved onto its own skin (``skin_points``)."""
+    from cpmae import cohort
+
+    points = skin_points(cohort.random_face_voxels(int(face_seed), brain, reference), image)
+    return shape_maps(points, tuple(s // factor for s in brain.shape), factor)
 
 
 def face_seed_for(seed: int) -> int:

@@ -151,22 +151,19 @@ def _parse_shard(spec: str):
 
 def _shape_maps(args, res: int, index: int, vol, factor: int):
     """Face-shape maps of a generated subject: its own MakeHuman face placed by its brain as at
-    de-identification (``cpmae.conditions.face_shape_maps``), then moved onto the subject's actual
-    skin (``conditions.skin_points``), so the map says where the skin to draw is; None without a face seed."""
+    de-identification, then moved onto the subject's actual skin (``conditions.training_shape_maps``),
+    so the map says where the skin to draw is; None without a face seed."""
     if args.data != "cohort":
         return None
-    from cpmae.conditions import grid_reference
+    from cpmae.conditions import grid_reference, training_shape_maps
     from cpmae.geometry import GRIDS
     from cpmae.train.data import subject_face_seed
 
     face_seed = subject_face_seed(res, args.cohort_seed, index)
     if face_seed is None:
         return None
-    from cpmae import cohort
-    from cpmae.conditions import shape_maps, skin_points
-
-    placed = cohort.random_face_voxels(face_seed, vol.brain, grid_reference(vol.brain.shape, GRIDS[res].spacing))
-    return shape_maps(skin_points(placed, vol.image), tuple(s // factor for s in vol.brain.shape), factor)
+    return training_shape_maps(face_seed, vol.brain, vol.image, grid_reference(vol.brain.shape, GRIDS[res].spacing),
+                               factor)
 
 
 def run(args) -> int:
