@@ -268,9 +268,10 @@ def random_face_voxels(seed: int, brain: np.ndarray, reference: sitk.Image) -> n
     (``outer_shell``): the mesh's vertices alone are sparser than the grid and include the mouth
     bag and eye sockets, which no MRI shows as skin. The eyeballs close the eye openings like lids.
     Only the face is kept, the shell in front of the brain's frontal pole: behind it a MakeHuman
-    head placed by the brain runs 4–7 mm inside real scalps, often through the skull (held-out
-    subjects of cohort seed 11: 7.7–12.2 mm mean distance to the skin over the whole shell, 3.5–8.1
-    mm over the face), which asked the prior for skin where the skull must be.
+    head placed by the brain runs inside real scalps, often through the skull (held-out subjects
+    of cohort seed 11: median 2.0–6.6 mm inside the skin there; mean distance to the skin 7.7–12.2
+    mm over the whole shell, 3.5–8.1 mm over the face), which asked the prior for skin where the
+    skull must be.
     """
     surface = faceshape.normalise_to(faceshape.random_face_surface(seed))
     zyx = np.argwhere(np.asarray(brain) > 0).astype(np.float64)
