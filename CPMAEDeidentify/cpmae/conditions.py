@@ -13,9 +13,11 @@ import numpy as np
 # Training shape maps: 1 = the placed MakeHuman vertices, vertex density in channel 0; 2 = those
 # moved onto the subject's skin (``skin_points``), channel 0 binary; 3 = the mesh's rasterised
 # outer shell (``cohort.outer_shell``: no mouth bag or eye sockets) instead of its vertices;
-# 4 = only the shell's face, in front of the brain. Token pairs of different versions must not be
-# mixed (``cpmae encode``, ``cpmae train prior``).
-SHAPE_MAPS_VERSION = 4
+# 4 = only the shell's face, in front of the brain; 5 = channel 1 at voxel resolution (the share of
+# each cell behind the surface), on cohort-3 subjects, whose skin is carried to the face placed as
+# at de-identification. Token pairs of different versions must not be mixed (``cpmae encode``,
+# ``cpmae train prior``).
+SHAPE_MAPS_VERSION = 5
 
 
 def cell_fractions(mask: np.ndarray, factor: int) -> np.ndarray:
@@ -36,21 +38,25 @@ def shape_maps(points_zyx: np.ndarray, token_shape, factor: int) -> np.ndarray:
     0: 1 in token cells the surface crosses, else 0: where the skin runs. Binary, because a
        mesh's vertex density and a voxel surface's differ ~10× (mean nonzero 0.04 vs 0.36 as a
        share of the fullest cell), and training maps come from voxels, inference maps from a mesh;
-    1: behind the surface: in each (z, x) column that the surface crosses, the cells at or
-       posterior to its most anterior crossing (head, coarsely), 0 in front of it (air).
+    1: the share of each cell behind the surface, at voxel resolution: in each (z, x) voxel
+       column the points cross, the voxels at or posterior to its most anterior point (head),
+       none in front of it (air); 0 in columns they do not cross. A cell the skin runs through
+       gets a fraction that says where in the cell it runs: one bit per 8 mm cell (version ≤ 4)
+       could not say where a nose or lips end.
     """
     t = tuple(int(s) for s in token_shape)
     maps = np.zeros((2,) + t, np.float32)
-    cells = np.floor(np.asarray(points_zyx, np.float64) / factor).astype(np.int64)
-    inside = np.all((cells >= 0) & (cells < np.array(t)), axis=1)
-    cells = cells[inside]
-    if not len(cells):
+    vox = np.rint(np.asarray(points_zyx, np.float64)).astype(np.int64)
+    size = np.array(t) * factor
+    vox = vox[np.all((vox >= 0) & (vox < size), axis=1)]
+    if not len(vox):
         return maps
+    cells = vox // factor
     maps[0][cells[:, 0], cells[:, 1], cells[:, 2]] = 1.0
-    front = np.full((t[0], t[2]), t[1], np.int64)
-    np.minimum.at(front, (cells[:, 0], cells[:, 2]), cells[:, 1])
-    ys = np.arange(t[1])[None, :, None]
-    maps[1] = (ys >= front[:, None, :]).astype(np.float32)
+    front = np.full((size[0], size[2]), size[1], np.int64)
+    np.minimum.at(front, (vox[:, 0], vox[:, 2]), vox[:, 1])
+    ys = np.arange(size[1])[None, :, None]
+    maps[1] = cell_fractions(ys >= front[:, None, :], factor)
     return maps
 
 
@@ -80,9 +86,10 @@ def skin_points(points_zyx: np.ndarray, image: np.ndarray, reach_vox: float = 1.
     """[V,3] the subject's own skin where a placed face surface says the face is: training only.
 
     The generated cohort carries each subject's skin only part of the way onto its MakeHuman face
-    (the warp is zero near the brain and Jacobian-limited): measured 4–7 voxels (8–13 mm at 128³) on average
-    between the two surfaces, and a prior trained on maps that do not say where the skin is learned
-    to ignore them. So training maps show the skin the decoder must draw: each face point moved to
+    (the warp is zero near the brain and Jacobian-limited): with cohort-2, 4–7 voxels (8–13 mm at
+    128³) on average between the two surfaces, and a prior trained on maps that do not say where the
+    skin is learned to ignore them; with cohort-3 (faces placed as at de-identification), 2.1–5.2 mm
+    (held-out subjects 0–5 of seed 11). So training maps show the skin the decoder must draw: each face point moved to
     its nearest skin-surface voxel (``cohort.head_mask``), widened to the skin voxels within
     ``reach_vox`` of those, which keeps the face's coverage instead of a sparse point cloud. At
     de-identification the placed MakeHuman surface itself is the map (there is no skin to follow).

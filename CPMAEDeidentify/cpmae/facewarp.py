@@ -230,20 +230,21 @@ def surface_match(fit: HeadFit, target: np.ndarray) -> np.ndarray:
     return disp
 
 
-def face_velocity(fit: HeadFit, surface: faceshape.FaceSurface, grid: "NodeGrid",
+def face_velocity(fit: HeadFit, placed: np.ndarray, triangles: np.ndarray, grid: "NodeGrid",
                   brain_weight: np.ndarray) -> Tuple[np.ndarray, dict]:
-    """Velocity [3, n, n, n] (mm, physical LPS axes) carrying the source face onto ``surface``.
+    """Velocity [3, n, n, n] (mm, physical LPS axes) carrying the source face onto a placed face.
 
-    ``surface`` must already be normalised (``faceshape.normalise_to``); ``grid`` gives the field
+    ``placed`` [V, 3] are the face mesh's vertices in the source's physical frame (e.g.
+    ``fit.place(surface)`` or ``place_face``), ``triangles`` its faces; ``grid`` gives the field
     nodes; ``brain_weight`` [n, n, n] is zero where the field must vanish (near the brain) and 1
     where it may act fully. The displacements of the skin points are spread over a block of nodes
     around the face by normalised convolution, fine (``FINE_SIGMA_MM``) where skin points are
     dense and broad (``BROAD_SIGMA_MM``) further out, and faded to zero away from the face.
     """
-    placed = fit.place(surface)
+    placed = np.asarray(placed, np.float64)
     rel = placed - fit.brain_centre
     keep = (rel[:, 1] < -FACE_FRONT_MM + 10.0) & (rel[:, 2] > -FACE_BELOW_MM - 10.0)
-    target = _target_points(placed, surface.triangles, keep)
+    target = _target_points(placed, np.asarray(triangles), keep)
     disp = surface_match(fit, target)
     pts = fit.points
     coords = grid.to_nodes(pts)  # (z, y, x) node coordinates

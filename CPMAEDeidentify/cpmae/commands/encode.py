@@ -57,6 +57,7 @@ def encode_dataset(args) -> Path:
     from cpmae.atomic import write_text_atomic
     from cpmae.errors import InputError
     from cpmae.progress import Reporter
+    from cpmae import cohort
     from cpmae.train import data as D
     from cpmae.train.tokens import encode_pair
 
@@ -75,7 +76,8 @@ def encode_dataset(args) -> Path:
     shard, shards = _parse_shard(args.shard)
     out = args.out
     (out / "tokens").mkdir(parents=True, exist_ok=True)
-    _claim(out, brain_tok, nonbrain_tok, f"{args.data}|{args.cohort_seed}|{res}|{SHAPE_MAPS_VERSION}")
+    generator = cohort.GENERATOR_VERSION if args.data == "cohort" else ""
+    _claim(out, brain_tok, nonbrain_tok, f"{args.data}|{args.cohort_seed}|{res}|{SHAPE_MAPS_VERSION}|{generator}")
     cases, with_shape = [], 0
     reporter = Reporter(args.progress)
     with reporter.stage("encode", total=len(ids)) as stage:
