@@ -136,6 +136,28 @@ def test_prior_resume_is_bit_identical(tmp_path, token_folder):
     assert_bitwise_equal(final_tensors(tmp_path / "straight"), final_tensors(tmp_path / "killed"))
 
 
+def test_a_second_run_into_a_busy_folder_is_refused_and_a_killed_one_does_not_block(tmp_path, token_folder):
+    """Two runs in one folder would overwrite each other's checkpoints; the lock dies with its
+    process, so resuming after a kill (even -9) is never blocked."""
+    from cpmae.errors import OutputError
+
+    run = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, pathlib; from cpmae.train.loop import run_folder_lock\n"
+         f"with run_folder_lock(pathlib.Path({str(run)!r})):\n print('held', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(OutputError, match="another training run"):
+            train(tiny_prior_config(token_folder), run, resume=True)
+        assert latest_checkpoint(run) is None  # refused before writing anything
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    train(tiny_prior_config(token_folder), run, resume=True)
+    assert latest_checkpoint(run) is not None
+
+
 def test_tokenizer_learns_and_validates(tmp_path, prepared):
     """Loss falls on the phantoms; validation writes PSNR/SSIM/codebook metrics; curve drawn."""
     cfg = tiny_tokenizer_config(prepared, steps=30, lr=3e-3, val_every=30, checkpoint_every=30, batch_size=1,

@@ -21,7 +21,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from cpmae.errors import Cancelled, InputError
+from cpmae.errors import Cancelled, InputError, OutputError
 from cpmae.progress import NULL, Reporter
 from cpmae.train import checkpoint as C
 from cpmae.train import distributed as dist_
@@ -166,8 +166,32 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, reporter: Repor
     info = dist_.from_env()
     device = dist_.pick_device(cfg.device, info)
     dist_.init(info, device)
-    with stop_on_sigterm() as sigterm:
+    with run_folder_lock(run_dir, info.main), stop_on_sigterm() as sigterm:
         return _train(cfg, run_dir, resume, reporter, task, stop_at, info, device, sigterm)
+
+
+@contextmanager
+def run_folder_lock(run_dir: Path, main: bool = True):
+    """One training run per folder: a second one (started by mistake, or a resume while the first
+    still runs) would write the same checkpoints and metrics in turn, and each --resume would
+    pick up the other's state. The lock dies with its process (``cpmae.locks``), so a killed run
+    never blocks its own resume. Only the main rank takes it: DDP ranks share the folder."""
+    if not main:
+        yield
+        return
+    from cpmae import locks
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fh = open(run_dir / ".train.lock", "a+b")
+    try:
+        try:
+            locks.lock(fh)
+        except OSError:
+            raise OutputError("another training run is writing to this folder; wait for it to stop "
+                              "(its checkpoint is kept) or train into another --out", path=run_dir) from None
+        yield
+    finally:
+        fh.close()
 
 
 def _train(cfg, run_dir, resume, reporter, task, stop_at, info, device, sigterm):
