@@ -11,10 +11,10 @@ alternate, so any run of consecutive indices is balanced) and is transformed by,
 1. a global random affine about the brain centre (rotation ±6°, scale ±6 % per axis,
    translation ±6 mm) and a smooth global warp (a few mm, 40 mm smoothness);
 2. a new face: the source's face skin carried onto a random MakeHuman face placed by the brain
-   as de-identification places it (``cpmae.facewarp``, ``random_face_voxels``), plus a smooth random face/skull warp of up to ``LOCAL_MAX_MM``; both are
-   one stationary velocity field weighted by a mask that is exactly zero within
-   ``BRAIN_MARGIN_MM`` of the brain, integrated by scaling and squaring (no folding), so the
-   brain changes shape only through step 1;
+   as de-identification places it (``cpmae.facewarp``, ``placed_face``), plus a smooth random
+   face/skull warp of up to ``LOCAL_MAX_MM``; both are one stationary velocity field weighted by
+   a mask that is exactly zero within ``BRAIN_MARGIN_MM`` of the brain, integrated by scaling
+   and squaring (no folding), so the brain changes shape only through step 1;
 3. MR intensity changes: gamma, smooth bias field, global gain, Rician noise.
 
 Everything is a deterministic function of ``(seed, index, grid)``; the brain mask is carried

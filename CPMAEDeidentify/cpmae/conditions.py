@@ -88,10 +88,11 @@ def skin_points(points_zyx: np.ndarray, image: np.ndarray, reach_vox: float = 1.
     The generated cohort carries each subject's skin only part of the way onto its MakeHuman face
     (the warp is zero near the brain and Jacobian-limited): with cohort-2, 4–7 voxels (8–13 mm at
     128³) on average between the two surfaces, and a prior trained on maps that do not say where the
-    skin is learned to ignore them; with cohort-3 (faces placed as at de-identification), 2.1–5.2 mm
-    (held-out subjects 0–5 of seed 11). So training maps show the skin the decoder must draw: each face point moved to
-    its nearest skin-surface voxel (``cohort.head_mask``), widened to the skin voxels within
-    ``reach_vox`` of those, which keeps the face's coverage instead of a sparse point cloud. At
+    skin is learned to ignore them; with cohort-3 (faces placed as at de-identification), 2.1–5.2
+    mm (held-out subjects 0–5 of seed 11). So training maps show the skin the decoder must draw:
+    each face point moved to its nearest skin-surface voxel (``cohort.head_mask``), widened to the
+    skin voxels within ``reach_vox`` of those, which keeps the face's coverage instead of a sparse
+    point cloud. At
     de-identification the placed MakeHuman surface itself is the map (there is no skin to follow).
     """
     from scipy import ndimage

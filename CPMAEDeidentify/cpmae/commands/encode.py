@@ -54,10 +54,10 @@ def _tokenizers(args):
 def encode_dataset(args) -> Path:
     import numpy as np
 
+    from cpmae import cohort
     from cpmae.atomic import write_text_atomic
     from cpmae.errors import InputError
     from cpmae.progress import Reporter
-    from cpmae import cohort
     from cpmae.train import data as D
     from cpmae.train.tokens import encode_pair
 
