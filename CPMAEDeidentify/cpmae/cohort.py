@@ -250,8 +250,10 @@ def source_fit(name: str, grid: Union[ModelGrid, int]) -> facewarp.HeadFit:
     return _source_frame(name, g.size, float(g.spacing)).fit
 
 
+@functools.lru_cache(maxsize=8)
 def source_brain_size_mm(name: str, grid: Union[ModelGrid, int]) -> float:
-    """Cube root of the source's brain volume (mm): the brain size ``facewarp.place_face`` scales by."""
+    """Cube root of the source's brain volume (mm): the brain size ``facewarp.place_face`` scales by.
+    Cached: every subject (``placed_face``) and every face map (``random_face_voxels``) asks."""
     src = load_source(name, grid)
     return float((src.brain.sum() * np.prod(src.reference.GetSpacing())) ** (1.0 / 3.0))
 

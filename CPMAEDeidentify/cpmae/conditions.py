@@ -92,8 +92,8 @@ def skin_points(points_zyx: np.ndarray, image: np.ndarray, reach_vox: float = 1.
     mm (held-out subjects 0–5 of seed 11). So training maps show the skin the decoder must draw:
     each face point moved to its nearest skin-surface voxel (``cohort.head_mask``), widened to the
     skin voxels within ``reach_vox`` of those, which keeps the face's coverage instead of a sparse
-    point cloud. At
-    de-identification the placed MakeHuman surface itself is the map (there is no skin to follow).
+    point cloud. At de-identification the placed MakeHuman surface itself is the map (there is no
+    skin to follow).
     """
     from scipy import ndimage
 
