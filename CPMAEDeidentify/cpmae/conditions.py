@@ -15,9 +15,11 @@ import numpy as np
 # outer shell (``cohort.outer_shell``: no mouth bag or eye sockets) instead of its vertices;
 # 4 = only the shell's face, in front of the brain; 5 = channel 1 at voxel resolution (the share of
 # each cell behind the surface), on cohort-3 subjects, whose skin is carried to the face placed as
-# at de-identification. Token pairs of different versions must not be mixed (``cpmae encode``,
-# ``cpmae train prior``).
-SHAPE_MAPS_VERSION = 5
+# at de-identification; 6 = the same maps, with faces placed ``cohort.FACE_MARGIN_MM`` further
+# forward, on cohort-4 subjects (that placement, the face warp spread along each displacement's
+# path). Token pairs of different versions must not be mixed (``cpmae encode``, ``cpmae train
+# prior``); a version-5 prior reads version-6 maps (same channels and meaning, faces 4 mm forward).
+SHAPE_MAPS_VERSION = 6
 
 
 def cell_fractions(mask: np.ndarray, factor: int) -> np.ndarray:

@@ -42,6 +42,7 @@ NONRIGID_SIGMAS_MM = (12.0, 8.0, 5.0, 3.0, 2.0)  # coarse-to-fine smoothing of t
 OUTLIER_MM = 15.0  # residuals beyond this count less (robust weight 1 / (1 + (d / OUTLIER_MM)²))
 FINE_SIGMA_MM = 2.0  # spread of the displacement next to the skin
 BROAD_SIGMA_MM = 10.0  # spread into the air in front and the tissue behind
+PATH_SAMPLES = 4  # points per skin point's path where its displacement is spread (start and end included)
 MAX_POINTS = 30000  # skin points used per source (a 256³ head is subsampled to this)
 
 
@@ -248,11 +249,14 @@ def face_velocity(fit: HeadFit, placed: np.ndarray, triangles: np.ndarray, grid:
     disp = surface_match(fit, target)
     pts = fit.points
     coords = grid.to_nodes(pts)  # (z, y, x) node coordinates
+    # each displacement also along its path p + t·d: the warp is sampled backwards, at the output
+    # position, and a field known only at the start p realised about half of a long displacement
+    path = np.concatenate([grid.to_nodes(pts + t * disp) for t in np.linspace(0.0, 1.0, PATH_SAMPLES)])
     margin = 3.0 * BROAD_SIGMA_MM / grid.node_mm
-    lo = np.maximum(np.floor(coords.min(axis=0) - margin).astype(int), 0)
-    hi = np.minimum(np.ceil(coords.max(axis=0) + margin).astype(int) + 1, grid.nodes)
+    lo = np.maximum(np.floor(np.minimum(coords.min(axis=0), path.min(axis=0)) - margin).astype(int), 0)
+    hi = np.minimum(np.ceil(np.maximum(coords.max(axis=0), path.max(axis=0)) + margin).astype(int) + 1, grid.nodes)
     local = coords - lo
-    splat = _splat(local, disp, np.ones(len(pts)), tuple(hi - lo))
+    splat = _splat(path - lo, np.tile(disp, (PATH_SAMPLES, 1)), np.ones(len(path)), tuple(hi - lo))
     fine, den_fine = _smooth(splat, FINE_SIGMA_MM / grid.node_mm)
     broad, den_broad = _smooth(splat, BROAD_SIGMA_MM / grid.node_mm)
     at_pts = lambda f: ndimage.map_coordinates(f, local.T, order=1, mode="nearest")  # noqa: E731
