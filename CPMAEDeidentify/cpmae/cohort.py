@@ -282,8 +282,8 @@ def random_face_voxels(seed: int, brain: np.ndarray, reference: sitk.Image) -> n
 
     For a face-shape condition (``cpmae.conditions.shape_maps``): a random MakeHuman head,
     normalised, put in front of this brain (its centroid and the cube root of its volume) the way
-    faces sit on the averaged head at the quick grid (``facewarp.place_face``), then rasterised
-    (``outer_shell``): the mesh's vertices alone are sparser than the grid and include the mouth
+    faces sit on the averaged head at the quick grid, ``FACE_MARGIN_MM`` forward (``place_by_brain``),
+    then rasterised (``outer_shell``): the mesh's vertices alone are sparser than the grid and include the mouth
     bag and eye sockets, which no MRI shows as skin. The eyeballs close the eye openings like lids.
     Only the face is kept, the shell in front of the brain's frontal pole: behind it a MakeHuman
     head placed by the brain runs inside real scalps, often through the skull (held-out subjects

@@ -253,8 +253,8 @@ def face_velocity(fit: HeadFit, placed: np.ndarray, triangles: np.ndarray, grid:
     # position, and a field known only at the start p realised about half of a long displacement
     path = np.concatenate([grid.to_nodes(pts + t * disp) for t in np.linspace(0.0, 1.0, PATH_SAMPLES)])
     margin = 3.0 * BROAD_SIGMA_MM / grid.node_mm
-    lo = np.maximum(np.floor(np.minimum(coords.min(axis=0), path.min(axis=0)) - margin).astype(int), 0)
-    hi = np.minimum(np.ceil(np.maximum(coords.max(axis=0), path.max(axis=0)) + margin).astype(int) + 1, grid.nodes)
+    lo = np.maximum(np.floor(path.min(axis=0) - margin).astype(int), 0)  # the path starts at coords (t = 0)
+    hi = np.minimum(np.ceil(path.max(axis=0) + margin).astype(int) + 1, grid.nodes)
     local = coords - lo
     splat = _splat(path - lo, np.tile(disp, (PATH_SAMPLES, 1)), np.ones(len(path)), tuple(hi - lo))
     fine, den_fine = _smooth(splat, FINE_SIGMA_MM / grid.node_mm)
