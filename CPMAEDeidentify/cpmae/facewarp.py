@@ -238,7 +238,7 @@ def face_velocity(fit: HeadFit, placed: np.ndarray, triangles: np.ndarray, grid:
     ``placed`` [V, 3] are the face mesh's vertices in the source's physical frame (e.g.
     ``fit.place(surface)`` or ``place_face``), ``triangles`` its faces; ``grid`` gives the field
     nodes; ``brain_weight`` [n, n, n] is zero where the field must vanish (near the brain) and 1
-    where it may act fully. The displacements of the skin points are spread over a block of nodes
+    where it may act fully. The displacements of the skin points (along their paths) are spread over a block of nodes
     around the face by normalised convolution, fine (``FINE_SIGMA_MM``) where skin points are
     dense and broad (``BROAD_SIGMA_MM``) further out, and faded to zero away from the face.
     """
@@ -248,12 +248,12 @@ def face_velocity(fit: HeadFit, placed: np.ndarray, triangles: np.ndarray, grid:
     target = _target_points(placed, np.asarray(triangles), keep)
     disp = surface_match(fit, target)
     pts = fit.points
-    coords = grid.to_nodes(pts)  # (z, y, x) node coordinates
     # each displacement also along its path p + t·d: the warp is sampled backwards, at the output
     # position, and a field known only at the start p realised about half of a long displacement
     path = np.concatenate([grid.to_nodes(pts + t * disp) for t in np.linspace(0.0, 1.0, PATH_SAMPLES)])
+    coords = path[:len(pts)]  # t = 0: the skin points' own (z, y, x) node coordinates
     margin = 3.0 * BROAD_SIGMA_MM / grid.node_mm
-    lo = np.maximum(np.floor(path.min(axis=0) - margin).astype(int), 0)  # the path starts at coords (t = 0)
+    lo = np.maximum(np.floor(path.min(axis=0) - margin).astype(int), 0)
     hi = np.minimum(np.ceil(path.max(axis=0) + margin).astype(int) + 1, grid.nodes)
     local = coords - lo
     splat = _splat(path - lo, np.tile(disp, (PATH_SAMPLES, 1)), np.ones(len(path)), tuple(hi - lo))
