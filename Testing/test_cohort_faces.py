@@ -159,6 +159,16 @@ def test_place_face_follows_the_brain():
     assert vox[:, 1].max() < brain_front  # only the face, in front of the brain (low y)
     inside = np.all((vox > -1) & (vox < GRID), axis=1)
     assert inside.mean() > 0.9, inside.mean()  # the head fits in the model grid (the neck may leave it)
+    # turned with a brain (de-identification, cpmae.conform.brain_rotation): about the brain's centroid
+    upright, triangles = cohort.placed_face_mesh(11, src.brain, src.reference)
+    a = np.deg2rad(12.0)
+    pitch = np.array([[1.0, 0.0, 0.0], [0.0, np.cos(a), -np.sin(a)], [0.0, np.sin(a), np.cos(a)]])
+    turned, same = cohort.placed_face_mesh(11, src.brain, src.reference, pitch)
+    assert np.array_equal(triangles, same)
+    to_mm = lambda v: facewarp.voxel_to_physical(src.reference, v)  # noqa: E731
+    centre = facewarp.voxel_to_physical(src.reference, np.argwhere(src.brain > 0).mean(axis=0)[None])[0]
+    np.testing.assert_allclose(to_mm(turned) - centre, (to_mm(upright) - centre) @ pitch.T, atol=1e-6)
+    assert np.abs(to_mm(turned) - to_mm(upright)).max() > 10.0
 
 
 def test_cli_bad_worker_count_is_one_line_and_writes_nothing(capsys, tmp_path):

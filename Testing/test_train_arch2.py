@@ -295,7 +295,7 @@ def test_face_shape_condition_trains_and_is_drawn_at_deidentification(tmp_path, 
 
     calls = []
 
-    def fake_maps(face_seed, brain, reference, factor):
+    def fake_maps(face_seed, brain, reference, factor, rotation=None):
         calls.append(face_seed)
         return np.ones((2,) + tuple(s // factor for s in brain.shape), np.float32)
 
@@ -317,6 +317,23 @@ def test_face_shape_condition_trains_and_is_drawn_at_deidentification(tmp_path, 
     guided = deidentify(img, mask, bundle=bundle, steps=1, seed=0, mask_limits={"min_cm3": 1})
     assert guided.info["guidance"] == 3.0
     assert not np.array_equal(sitk.GetArrayFromImage(guided.image), y)
+    # the bundle may ask for the decoded skin to be moved onto the drawn face (cpmae.conform): the
+    # face of this seed is the surface asked for, the brain stays bit-identical
+    from cpmae import conform
+
+    fronts = []
+
+    def fake_front(face_seed, brain, reference, rotation=None):
+        fronts.append(face_seed)
+        return np.full((brain.shape[0], brain.shape[2]), 2.0)
+
+    monkeypatch.setattr(conform, "face_front", fake_front)
+    bundle.manifest["sampler"] = {"face_surface": True}
+    faced = deidentify(img, mask, bundle=bundle, steps=1, seed=0, mask_limits={"min_cm3": 1})
+    assert faced.info["face_surface"] is True and res[0].info["face_surface"] is False
+    assert fronts == [conditions.face_seed_for(0)]
+    z = sitk.GetArrayFromImage(faced.image)
+    assert x[b].tobytes() == z[b].tobytes()
 
 
 def test_warm_start_from_a_bundle_when_the_run_has_no_checkpoint(tmp_path):

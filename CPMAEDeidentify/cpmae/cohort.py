@@ -28,7 +28,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Union
+from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -277,7 +277,8 @@ def place_by_brain(surface: faceshape.FaceSurface, brain_centre_mm: np.ndarray, 
     return placed - np.array([0.0, FACE_MARGIN_MM, 0.0])
 
 
-def random_face_voxels(seed: int, brain: np.ndarray, reference: sitk.Image) -> np.ndarray:
+def random_face_voxels(seed: int, brain: np.ndarray, reference: sitk.Image,
+                       rotation: Optional[np.ndarray] = None) -> np.ndarray:
     """Outer skin voxels [V, 3] of random face ``seed`` placed by a brain mask, as indices (z, y, x).
 
     For a face-shape condition (``cpmae.conditions.shape_maps``): a random MakeHuman head,
@@ -291,15 +292,29 @@ def random_face_voxels(seed: int, brain: np.ndarray, reference: sitk.Image) -> n
     mm over the whole shell, 3.5–8.1 mm over the face), which asked the prior for skin where the
     skull must be.
     """
+    vox, triangles = placed_face_mesh(seed, brain, reference, rotation)
+    shell = outer_shell(vox, triangles, np.asarray(brain).shape)
+    front = int(np.nonzero(np.asarray(brain).any(axis=(0, 2)))[0].min())
+    shell[:, front:, :] = False  # the model grid's face looks towards low y
+    return np.argwhere(shell).astype(np.float64)
+
+
+def placed_face_mesh(seed: int, brain: np.ndarray, reference: sitk.Image,
+                     rotation: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """(vertices [V, 3] as continuous voxel indices (z, y, x), triangles [T, 3]): random face
+    ``seed``, normalised, placed in front of this brain by ``place_by_brain`` (its centroid and the
+    cube root of its volume), then turned about the brain's centroid by ``rotation`` (3×3,
+    physical: how this brain is turned against the averaged head's, ``cpmae.conform.brain_rotation``;
+    none: upright on the grid, as the cohort places faces). The one placement behind
+    ``random_face_voxels`` (the prior's map) and ``cpmae.conform`` (the new face surface)."""
     surface = faceshape.normalise_to(faceshape.random_face_surface(seed))
     zyx = np.argwhere(np.asarray(brain) > 0).astype(np.float64)
     centre = facewarp.voxel_to_physical(reference, zyx.mean(axis=0)[None])[0]
     size = float((len(zyx) * np.prod(reference.GetSpacing())) ** (1.0 / 3.0))
     placed = place_by_brain(surface, centre, size)
-    vox = facewarp.physical_to_voxel(reference, placed)
-    shell = outer_shell(vox, surface.triangles, np.asarray(brain).shape)
-    shell[:, int(zyx[:, 1].min()):, :] = False  # the model grid's face looks towards low y
-    return np.argwhere(shell).astype(np.float64)
+    if rotation is not None:
+        placed = centre + (placed - centre) @ np.asarray(rotation, np.float64).T
+    return facewarp.physical_to_voxel(reference, placed), np.asarray(surface.triangles)
 
 
 def placed_face(face: faceshape.FaceSurface, name: str, grid: Union[ModelGrid, int],
@@ -327,6 +342,21 @@ def placed_face(face: faceshape.FaceSurface, name: str, grid: Union[ModelGrid, i
     return frame.fit.brain_centre + out_rel @ inverse.T
 
 
+def triangle_points(vertices_zyx: np.ndarray, triangles: np.ndarray, step: float = 0.45) -> np.ndarray:
+    """[P, 3] points covering every triangle at under ``step`` voxels apart: a mesh rasterised
+    without gaps (its vertices alone are sparser than the grid)."""
+    tri = np.asarray(vertices_zyx, np.float64)[np.asarray(triangles)]  # [T, 3 corners, 3]
+    edges = np.linalg.norm(tri - np.roll(tri, 1, axis=1), axis=2).max(axis=1)
+    steps = np.clip(np.ceil(edges / step), 1, 64).astype(np.int64)
+    out = []
+    for n in np.unique(steps):
+        i, j = np.meshgrid(np.arange(n + 1), np.arange(n + 1), indexing="ij")
+        keep = i + j <= n
+        w = np.stack([i[keep], j[keep], n - i[keep] - j[keep]], 1).astype(np.float64) / n  # barycentric
+        out.append(np.einsum("pc,tcd->tpd", w, tri[steps == n]).reshape(-1, 3))
+    return np.concatenate(out) if out else np.zeros((0, 3))
+
+
 def outer_shell(vertices_zyx: np.ndarray, triangles: np.ndarray, shape) -> np.ndarray:
     """bool [z, y, x]: voxels of a triangle mesh (vertices as voxel indices) seen from outside.
 
@@ -334,19 +364,10 @@ def outer_shell(vertices_zyx: np.ndarray, triangles: np.ndarray, shape) -> np.nd
     is kept when it is the first one met from the front, the back, either side or the top. Not
     from below: a head mesh ends at an open neck, through which the inside (mouth, tongue) shows.
     """
-    tri = np.asarray(vertices_zyx, np.float64)[np.asarray(triangles)]  # [T, 3 corners, 3]
-    edges = np.linalg.norm(tri - np.roll(tri, 1, axis=1), axis=2).max(axis=1)
-    steps = np.clip(np.ceil(edges / 0.45), 1, 64).astype(np.int64)
     occupied = np.zeros(tuple(int(s) for s in shape), bool)
-    limit = np.array(occupied.shape)
-    for n in np.unique(steps):
-        i, j = np.meshgrid(np.arange(n + 1), np.arange(n + 1), indexing="ij")
-        keep = i + j <= n
-        w = np.stack([i[keep], j[keep], n - i[keep] - j[keep]], 1).astype(np.float64) / n  # barycentric
-        pts = np.einsum("pc,tcd->tpd", w, tri[steps == n]).reshape(-1, 3)
-        idx = np.rint(pts).astype(np.int64)
-        idx = idx[np.all((idx >= 0) & (idx < limit), axis=1)]
-        occupied[idx[:, 0], idx[:, 1], idx[:, 2]] = True
+    idx = np.rint(triangle_points(vertices_zyx, triangles)).astype(np.int64)
+    idx = idx[np.all((idx >= 0) & (idx < np.array(occupied.shape)), axis=1)]
+    occupied[idx[:, 0], idx[:, 1], idx[:, 2]] = True
     shell = np.zeros_like(occupied)
     for axis, from_high in ((1, False), (1, True), (2, False), (2, True), (0, True)):
         view = np.flip(occupied, axis) if from_high else occupied

@@ -72,14 +72,15 @@ def grid_reference(shape, spacing_mm: float):
     return ref
 
 
-def face_shape_maps(face_seed: int, brain: np.ndarray, reference, factor: int) -> np.ndarray:
+def face_shape_maps(face_seed: int, brain: np.ndarray, reference, factor: int, rotation=None) -> np.ndarray:
     """[2,T,T,T] shape maps of MakeHuman face ``face_seed`` (``cpmae.faceshape``, CC0) placed in
     front of this brain by its position and size (``cpmae.cohort.random_face_voxels``): the same
     rule in training (the subject's own face seed) and at de-identification (a seed drawn from the
-    run's seed), so the patient's outline is never an input."""
+    run's seed), so the patient's outline is never an input. ``rotation``: the face turned with
+    the brain (``cpmae.conform.brain_rotation``; de-identification only)."""
     from cpmae import cohort
 
-    points = cohort.random_face_voxels(int(face_seed), brain, reference)
+    points = cohort.random_face_voxels(int(face_seed), brain, reference, rotation)
     t = tuple(s // factor for s in brain.shape)
     return shape_maps(points, t, factor)
 

