@@ -7,6 +7,7 @@ on the same scan, in the same run, is the yardstick: the targets are 256³ end t
 summed against its own budget, 1.5 s at 256³ on 2 cores.
 
     python bench/bench_deidentify.py [--device cpu] [--repeat 2] [--json out.json]
+    python bench/bench_deidentify.py --only deepbet --only cpmae-128 --weights Scripts/warm-start/face-128
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 # everything but reading, the brain mask (deepbet) and the prior's sampling: issue 13's budget, <= 1.5 s at 256³
-AROUND_THE_MODEL = ("to model grid", "head envelope", "encode brain", "envelope constraint", "decode", "blend", "write")
+AROUND_THE_MODEL = ("to model grid", "head envelope", "encode brain", "envelope constraint", "face shape", "decode",
+                    "face surface", "blend", "write")
 AROUND_BUDGET_S = 1.5
 sys.path.insert(0, str(HERE))
 
@@ -38,7 +40,7 @@ def child_deepbet(device: str) -> dict:
     return {"seconds": time.perf_counter() - t0}
 
 
-def child_cpmae(device: str, resolution: int, steps) -> dict:
+def child_cpmae(device: str, resolution: int, steps, weights=None) -> dict:
     from cpmae.pipeline import deidentify_file
     from cpmae.progress import Reporter
     from cpmae.samples import ensure_sample
@@ -65,16 +67,16 @@ def child_cpmae(device: str, resolution: int, steps) -> dict:
         rep = CpuReporter()
         t0 = time.perf_counter()
         res = deidentify_file(src, Path(tmp) / "out.nii.gz", resolution=resolution, steps=steps, device=device,
-                              reporter=rep)
+                              reporter=rep, weights=weights)
         total = time.perf_counter() - t0
     return {"seconds": total, "stages": {k: round(v, 3) for k, v in rep.timings.items()},
             "stages_cpu": {k: round(v, 3) for k, v in rep.cpu.items()}, "steps": res.info["steps"],
             "load_average": os.getloadavg()[0]}
 
 
-def run_child(kind: str, device: str, resolution: int = 0, steps=None) -> dict:
+def run_child(kind: str, device: str, resolution: int = 0, steps=None, weights=None) -> dict:
     code = (f"import json,resource,sys; sys.path.insert(0,{str(HERE)!r}); import bench_deidentify as b; "
-            f"r=b.child_{kind}({device!r}" + (f",{resolution},{steps!r}" if kind == "cpmae" else "") + "); "
+            f"r=b.child_{kind}({device!r}" + (f",{resolution},{steps!r},{weights!r}" if kind == "cpmae" else "") + "); "
             "r['peak_rss_mb']=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024; print(json.dumps(r))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if proc.returncode != 0:
@@ -90,6 +92,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=2, help="runs per configuration; the best is reported")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--weights", default=None, help="a bundle instead of the shipped demo-<grid> (with --only)")
     ap.add_argument("--only", choices=("deepbet", "cpmae-256", "cpmae-128"), action="append", default=None,
                     help="run only these configurations (the ratio needs deepbet)")
     args = ap.parse_args()
@@ -99,7 +102,7 @@ def main() -> int:
         for key, kind, res in (("deepbet", "deepbet", 0), ("cpmae-256", "cpmae", 256), ("cpmae-128", "cpmae", 128)):
             if args.only and key not in args.only:
                 continue
-            r = run_child(kind, args.device, res, args.steps)
+            r = run_child(kind, args.device, res, args.steps, args.weights)
             if key not in rows or r["seconds"] < rows[key]["seconds"]:
                 rows[key] = r
     base = rows["deepbet"]["seconds"] if "deepbet" in rows else float("nan")
