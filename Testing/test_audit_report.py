@@ -8,6 +8,7 @@ Phantoms differ in nose length and head size; the attacker trains on other phant
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from cpmae.audit import methods
 from cpmae.audit.runner import AuditSettings, run_audit
 from phantoms import phantom_image
 
@@ -43,8 +45,29 @@ def audited(tmp_path_factory):
         render_size=64, train_subjects=N_TRAIN, train_variants=2, train_steps=15,
         train_dir=str(root / "train"), folds=400, deepbet=False,
         mask_limits={"min_cm3": 1})
-    results = run_audit(root / "eval", root / "out", settings)
+    seeds = {}  # the seed each scan's volume method was given
+
+    def recording(image, brain, seed):
+        seeds[len(seeds)] = seed
+        return strip.volume(image, brain, seed)
+
+    strip = methods.METHODS["SKULL_STRIP"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(methods.METHODS, "SKULL_STRIP", dataclasses.replace(strip, volume=recording))
+        results = run_audit(root / "eval", root / "out", settings)
+    results["_seeds_given"] = list(seeds.values())
     return root, settings, results
+
+
+def test_each_scan_gets_its_own_seed_as_batch_gives_it(audited):
+    """One seed for every scan would give every CPMAE output the same new face (the face drawn
+    from the shape model follows the seed): the audit seeds each scan as ``cpmae batch`` does."""
+    from cpmae.pseudonym import public_key, seed_for_subject
+
+    _, settings, results = audited
+    ids = [s["id"] for s in results["scans"] if s["id"] not in results["skipped"]]
+    assert sorted(results["_seeds_given"]) == sorted(seed_for_subject(i, public_key(settings.seed)) for i in ids)
+    assert len(set(results["_seeds_given"])) == len(ids) == N_EVAL
 
 
 def test_original_identified_and_black_at_chance(audited):

@@ -39,7 +39,7 @@ def resolve_key(key: Optional[str], base_seed: int) -> bytes:
     if key is None:
         key = os.environ.get("CPMAE_PSEUDONYM_KEY") or None
     if key is None:
-        return f"cpmae-public-seed:{int(base_seed)}".encode()
+        return public_key(base_seed)
     if key.startswith("@"):
         path = Path(key[1:])
         try:
@@ -51,6 +51,11 @@ def resolve_key(key: Optional[str], base_seed: int) -> bytes:
     if not key:
         raise InputError("the pseudonym key is empty")
     return key.encode("utf-8")
+
+
+def public_key(base_seed: int) -> bytes:
+    """The key of a run without a secret one: anyone who knows ``base_seed`` can recompute the seeds."""
+    return f"cpmae-public-seed:{int(base_seed)}".encode()
 
 
 def pseudonym(subject: str, key: bytes) -> str:

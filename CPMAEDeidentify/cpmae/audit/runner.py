@@ -33,6 +33,7 @@ from cpmae.audit.methods import DEFAULT_METHODS, Method, make_cpmae, resolve_met
 from cpmae.errors import InputError
 from cpmae.geometry import QUICK_RESOLUTION
 from cpmae.progress import Reporter
+from cpmae.pseudonym import public_key, seed_for_subject
 
 TRAIN_INDEX_START = 100_000  # generated training subjects start here: disjoint from any cohort index
 RESCAN_CHECK = "RESCAN"  # privacy-table control: re-scans of the evaluated originals (attacker check)
@@ -165,7 +166,7 @@ def evaluate_scans(scans: List[Scan], methods: List[Method], settings: AuditSett
             for method in methods:
                 key = renders.cache_key(renders.file_fingerprint(scan.image),
                                         scan.mask and renders.file_fingerprint(scan.mask),
-                                        _method_fingerprint(method, settings, weights_id), settings.seed,
+                                        _method_fingerprint(method, settings, weights_id), settings.seed, scan.id,
                                         settings.render_size, settings.deepbet, settings.device)
                 hit = cache.get(key) if settings.cache else None
                 if hit is not None:
@@ -187,7 +188,9 @@ def evaluate_scans(scans: List[Scan], methods: List[Method], settings: AuditSett
                 t0 = time.perf_counter()
                 try:
                     if method.changes_volume:
-                        result = method.volume(image, brain, settings.seed)
+                        # each scan its own seed, as `cpmae batch --seed` gives (without a secret key):
+                        # with one seed for all, every CPMAE output would get the same new face
+                        result = method.volume(image, brain, seed_for_subject(scan.id, public_key(settings.seed)))
                         pics = _pictures(result, transform, settings, iso)
                     else:  # ORIGINAL and the picture-level controls start from the original's pictures
                         result = image
