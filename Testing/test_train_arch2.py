@@ -334,6 +334,12 @@ def test_face_shape_condition_trains_and_is_drawn_at_deidentification(tmp_path, 
     assert fronts == [conditions.face_seed_for(0)]
     z = sitk.GetArrayFromImage(faced.image)
     assert x[b].tobytes() == z[b].tobytes()
+    # ... and for the decoded tissue next to the brain to continue the brain's edge (cpmae.seam)
+    bundle.manifest["sampler"] = {"brain_edge_voxels": 2.0}
+    edged = deidentify(img, mask, bundle=bundle, steps=1, seed=0, mask_limits={"min_cm3": 1})
+    e = sitk.GetArrayFromImage(edged.image)
+    assert edged.info["brain_edge_voxels"] == 2.0 and res[0].info["brain_edge_voxels"] == 0.0
+    assert x[b].tobytes() == e[b].tobytes() and not np.array_equal(e, y)
 
 
 def test_warm_start_from_a_bundle_when_the_run_has_no_checkpoint(tmp_path):

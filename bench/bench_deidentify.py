@@ -24,7 +24,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 # everything but reading, the brain mask (deepbet) and the prior's sampling: issue 13's budget, <= 1.5 s at 256³
 AROUND_THE_MODEL = ("to model grid", "head envelope", "encode brain", "envelope constraint", "face shape", "decode",
-                    "face surface", "blend", "write")
+                    "face surface", "brain edge", "blend", "write")
 AROUND_BUDGET_S = 1.5
 sys.path.insert(0, str(HERE))
 
