@@ -60,8 +60,8 @@ def face_front(face_seed: int, brain: np.ndarray, reference, rotation: Optional[
 
 def conform_to_face(decoded: np.ndarray, front: np.ndarray, brain: np.ndarray) -> np.ndarray:
     """``decoded`` (model grid, intensity-scaled, face towards low y) with its skin at ``front``
-    in front of the brain, in the (z, x) columns where the decoded head has tissue in front of the
-    brain at all."""
+    where that lies in front of the brain's frontal pole, and the decoded skin following it within
+    ``RAMP_VOXELS`` of those (z, x) columns; only in columns where the decoded head has tissue."""
     brain = np.asarray(brain) > 0
     if not brain.any():
         return decoded
