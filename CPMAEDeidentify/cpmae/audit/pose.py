@@ -114,6 +114,17 @@ def reference() -> Reference:
     return Reference(crop, centroid, front_y, frame, extent(np.asarray(src.brain) > 0, src.reference.GetSpacing()))
 
 
+def brain_frame(image: sitk.Image, brain: sitk.Image):
+    """(reference, ``brain_transform``) for this scan, or None where it cannot be had (offline: no
+    reference head; a registration that fails). The one registration a remodel needs: the pipeline
+    turns the new face with it and hands it to the self-check's renders (``DeidResult.brain_frame``)."""
+    try:
+        ref = reference()
+        return ref, brain_transform(image, brain, ref)
+    except Exception:
+        return None
+
+
 def brain_transform(image: sitk.Image, brain: sitk.Image, ref: Reference = None,
                     initial: sitk.Euler3DTransform = None) -> sitk.Euler3DTransform:
     """Rigid transform from the brain frame to the scan (frame point -> scan point, as Resample wants).

@@ -200,7 +200,7 @@ def evaluate_real(weights, resolution: int, seeds=(0, 1, 2, 3, 4), samples=("pyd
             res = deidentify(img, mask, bundle=bundle, steps=steps, seed=s, device=device)
             y = sitk.GetArrayFromImage(res.image)
             row["face_region_still_head"].append(round(float(np.mean(head_mask(y, thr)[face])), 3))
-            before, after, _ = frontal_renders(img, res.image, mask)
+            before, after, _ = frontal_renders(img, res.image, mask, frame=res.brain_frame)
             if before_emb is None:
                 before_emb = rec.embed(before)
                 row["input_face"] = before_emb is not None
