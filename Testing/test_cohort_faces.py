@@ -33,6 +33,24 @@ def test_random_faces_are_deterministic_and_differ():
     assert 120.0 < extent[1] < 300.0 and 150.0 < extent[2] < 350.0
 
 
+def test_the_source_fit_is_read_back_from_disk_unchanged(monkeypatch):
+    """Every remodel places its face by the averaged head's fit: read from the disk cache, not
+    fitted again (0.6 s of each run), and equal to a fresh fit."""
+    src = cohort.load_source(cohort.FACE_REFERENCE, GRID)
+    fresh = facewarp.fit_head(cohort.head_mask(src.image), src.brain > 0, src.reference)
+    cohort.source_fit(cohort.FACE_REFERENCE, GRID)  # written to disk if it was not there
+    cohort._source_fit_cached.cache_clear()
+
+    def no_fit(*a, **k):
+        raise AssertionError("fitted again instead of read back")
+
+    monkeypatch.setattr(facewarp, "fit_head", no_fit)
+    read = cohort.source_fit(cohort.FACE_REFERENCE, GRID)
+    cohort._source_fit_cached.cache_clear()  # no fit read under the patch outlives this test
+    for name in ("points", "scale", "rotation", "translation", "residual_mm", "brain_centre"):
+        assert np.array_equal(np.asarray(getattr(read, name)), np.asarray(getattr(fresh, name))), name
+
+
 @pytest.mark.parametrize("name", cohort.SOURCES)
 def test_base_face_fits_each_source_head(name):
     fit = cohort.source_fit(name, GRID)

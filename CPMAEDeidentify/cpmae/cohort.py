@@ -207,6 +207,30 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=8)
+def _source_fit_cached(name: str, size: int, spacing: float) -> facewarp.HeadFit:
+    """``facewarp.fit_head`` of a source on one grid, cached on disk beside the source. Every
+    remodel places its new face by the averaged head's fit (``place_by_brain``); computing it (head
+    mask, then ICP of MakeHuman's base head) cost 0.6 s of each single-scan run, and building the
+    whole generator frame for it another 0.9 s. The key changes with the sample, the grid code, the
+    fitting code and the MakeHuman data."""
+    from cpmae.samples import ensure_sample
+
+    src = _load_source_cached(name, size, spacing)
+    code = hashlib.sha1(b"".join(Path(m.__file__).read_bytes() for m in (facewarp, faceshape))).hexdigest()[:12]
+    key = _file_key(ensure_sample(name), _geometry_key(), str(spacing), code, faceshape.cache_file().name)
+    cache = _cohort_cache() / f"{name}-fit{size}-{key}.npz"
+    if cache.is_file():
+        z = np.load(cache)
+        return facewarp.HeadFit(_read_only(z["points"]), float(z["scale"]), _read_only(z["rotation"]),
+                                _read_only(z["translation"]), float(z["residual_mm"]), _read_only(z["brain_centre"]))
+    fit = facewarp.fit_head(head_mask(src.image), src.brain > 0, src.reference)
+    _save_npz_atomic(cache, points=np.asarray(fit.points), scale=np.float64(fit.scale), rotation=np.asarray(fit.rotation),
+                     translation=np.asarray(fit.translation), residual_mm=np.float64(fit.residual_mm),
+                     brain_centre=np.asarray(fit.brain_centre))
+    return fit
+
+
+@functools.lru_cache(maxsize=8)
 def _source_frame(name: str, size: int, spacing: float) -> _SourceFrame:
     src = _load_source_cached(name, size, spacing)
     nodes = aug.FIELD_NODES
@@ -236,7 +260,7 @@ def _source_frame(name: str, size: int, spacing: float) -> _SourceFrame:
     head = head_mask(src.image)
     labels = 0.5 * head + 0.5 * (src.brain > 0)
     volumes = torch.from_numpy(np.stack([src.image, labels.astype(np.float32)]))
-    fit = facewarp.fit_head(head, src.brain > 0, src.reference)
+    fit = _source_fit_cached(name, size, spacing)
     edge_mm = np.min(np.minimum(idx, size - 1 - idx), axis=0) * spacing  # node distance to the grid's faces
     e = np.clip(edge_mm / EDGE_MM, 0.0, 1.0)
     face_weight = ramp * e * e * (3.0 - 2.0 * e)
@@ -245,9 +269,9 @@ def _source_frame(name: str, size: int, spacing: float) -> _SourceFrame:
 
 
 def source_fit(name: str, grid: Union[ModelGrid, int]) -> facewarp.HeadFit:
-    """Where MakeHuman's base face sits on source ``name`` (``cpmae.facewarp.fit_head``, cached per process)."""
+    """Where MakeHuman's base face sits on source ``name`` (``cpmae.facewarp.fit_head``, cached on disk)."""
     g = as_grid(grid)
-    return _source_frame(name, g.size, float(g.spacing)).fit
+    return _source_fit_cached(name, g.size, float(g.spacing))
 
 
 @functools.lru_cache(maxsize=8)
