@@ -54,3 +54,21 @@ def test_no_face_is_added_where_the_model_drew_no_head_or_behind_the_brain_front
     # a surface that lies nowhere in front of the brain's frontal pole changes nothing
     assert conform_to_face(head, np.full((SHAPE[0], SHAPE[2]), np.inf), brain) is head
     assert conform_to_face(head, np.full((SHAPE[0], SHAPE[2]), 30.0), brain) is head
+
+
+def test_a_gap_in_front_of_the_decoded_skin_is_the_decoded_layers_stretched_not_one_block():
+    """Under a decoded chin the drawn face may lie many voxels in front of the decoded skin; one
+    fill value there made a block that deepbet took for brain. The outer layers are stretched."""
+    head, brain = _head()
+    head[:, 16:18, 4:36] = 1.0  # skin
+    head[:, 18:20, 4:36] = 0.05  # a dark layer (bone) under it
+    head[:, 20:26, 4:36] = 0.6
+    front = np.full((SHAPE[0], SHAPE[2]), np.inf)
+    front[10:26, 10:26] = 4.0  # 12 voxels in front of the decoded skin
+    out = conform_to_face(head, front, brain)
+    assert (_skin(out)[12:24, 12:24] == 4).all()
+    column = out[16, :, 16]
+    assert column[5] > 0.5  # the new skin is tissue (voxel 4 is half in front of it)
+    dark = np.nonzero(column[6:16] < 0.2)[0]
+    assert len(dark) >= 2, column  # the dark layer came forward with the skin, stretched
+    assert np.array_equal(out[:, 26:], head[:, 26:])

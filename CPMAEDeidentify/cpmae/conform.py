@@ -4,8 +4,9 @@ The prior is conditioned on a MakeHuman face placed by the brain (``cpmae.condit
 two CPU cores it learned to draw tissue roughly there, not the face itself: a lumpy head, a faint
 nose, no mouth; dlib found a face in 4 of 10 real-head renders (docs/training.md). The face drawn
 for the seed is an explicit surface, so after decoding the skin in front of the brain is moved
-onto it: air in front of it, tissue behind it (the decoded tissue, and in the gap to the decoded
-skin and just under the new one the nearest solid decoded tissue). Around the face the decoded
+onto it: air in front of it, tissue behind it (where the new skin lies in front of the decoded one,
+the decoded head's outer layers stretched over the gap; just under the new skin, the nearest solid
+decoded tissue). Around the face the decoded
 skin follows it over ``RAMP_VOXELS``, so the forehead and cheeks meet the face instead of framing
 it. The face comes from the seed's CC0 shape and the brain's centroid, size and orientation; the
 patient's outline is never an input (issue 10). With the brain's orientation (``brain_rotation``)
@@ -22,6 +23,8 @@ from cpmae.intensity import HEAD_FRACTION
 
 RAMP_VOXELS = 6.0  # beyond the new face's edge, the decoded head follows it over this many voxels
 SKIN_VOXELS = 2.0  # solid tissue under the new surface: no dark decoded pocket opens the skin
+STRETCH_VOXELS = 8.0  # where the new skin lies in front of the decoded one, this many outer voxels of
+# the decoded head are stretched over the gap (skin, fat and bone stay layers)
 TISSUE = 1.5 * HEAD_FRACTION  # decoded (intensity-scaled) values above this are tissue
 
 
@@ -79,19 +82,28 @@ def conform_to_face(decoded: np.ndarray, front: np.ndarray, brain: np.ndarray) -
     delta = np.where(foot, delta, beyond)
     cols = has & (outside < RAMP_VOXELS)
     target = dfront + delta
-    depth = int(min(decoded.shape[1], np.ceil(max(dfront[cols].max(), target[cols].max()) + SKIN_VOXELS + 1)))
-    target = target[:, None, :]
-    crop = decoded[:, :depth]  # nothing behind the decoded or the new skin changes
+    gap = np.where(cols, np.maximum(dfront - target, 0.0), 0.0)  # the new skin this far in front
+    depth = int(min(decoded.shape[1], np.ceil(max((dfront + STRETCH_VOXELS)[cols].max(), target[cols].max())
+                                              + SKIN_VOXELS + 1)))
+    crop = decoded[:, :depth]  # nothing deeper than the stretched layers or the new skin changes
     ys = np.arange(depth)[None, :, None]
+    # in a gap column the decoded head's outer STRETCH_VOXELS are stretched from the new skin
+    # inward: filled with the nearest solid voxel instead, a gap under the decoded chin became one
+    # block of a single value (580 cm³ on held-out cohort-2 subject 8, which deepbet took for brain)
+    d, t, g = dfront[:, None, :], target[:, None, :], gap[:, None, :]
+    src = np.where((g > 0) & (ys < d + STRETCH_VOXELS), d + (ys - t) * STRETCH_VOXELS / (g + STRETCH_VOXELS), ys)
+    zz, xx = np.meshgrid(np.arange(crop.shape[0]), np.arange(crop.shape[2]), indexing="ij")
+    zz, xx = np.broadcast_to(zz[:, None, :], crop.shape), np.broadcast_to(xx[:, None, :], crop.shape)
+    moved = ndimage.map_coordinates(crop, [zz, np.clip(src, 0, depth - 1), xx], order=1, mode="nearest")
     region = cols[:, None, :] & np.ones_like(crop, bool)
-    occupancy = np.clip(ys - target + 0.5, 0.0, 1.0)  # share of each voxel behind the new skin
+    occupancy = np.clip(ys - t + 0.5, 0.0, 1.0)  # share of each voxel behind the new skin
     inside = tissue[:, :depth] & region
-    solid = crop >= np.median(crop[inside]) if inside.any() else tissue[:, :depth]
+    solid = moved >= np.median(crop[inside]) if inside.any() else moved > TISSUE
     if not solid.any():
         return decoded
     _, nearest = ndimage.distance_transform_edt(~solid, return_indices=True)
-    under = (ys < np.maximum(dfront[:, None, :], target)) | (ys < target + SKIN_VOXELS)
-    new = np.where(under & ~solid, crop[tuple(nearest)], crop) * occupancy
+    under = ys < t + SKIN_VOXELS  # the new skin's own layer
+    new = np.where(under & ~solid, moved[tuple(nearest)], moved) * occupancy
     out = decoded.copy()
     out[:, :depth][region] = new[region]
     return out
