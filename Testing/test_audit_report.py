@@ -132,6 +132,28 @@ def test_rerun_uses_cache_and_gives_same_numbers(audited):
     assert again["timings"]["total"] < results["timings"]["total"]
 
 
+def test_cached_cpmae_outputs_are_keyed_on_the_engine_code(tmp_path, monkeypatch):
+    """A changed stage must not be served its predecessor's cached outputs; audit-only edits keep them."""
+    from cpmae.audit import runner
+    from cpmae.audit.methods import resolve_methods
+
+    (tmp_path / "audit").mkdir()
+    (tmp_path / "conform.py").write_text("A = 1\n")
+    (tmp_path / "audit" / "report.py").write_text("B = 1\n")
+    key = runner.code_key(tmp_path)
+    (tmp_path / "audit" / "report.py").write_text("B = 2\n")
+    assert runner.code_key(tmp_path) == key
+    (tmp_path / "conform.py").write_text("A = 2\n")
+    assert runner.code_key(tmp_path) != key
+    cpmae_method, quickshear = resolve_methods(["CPMAE", "QUICKSHEAR"])
+    settings = runner.AuditSettings()
+    fp = runner._method_fingerprint(cpmae_method, settings, "w")
+    assert runner.engine_code_key() in fp
+    monkeypatch.setattr(runner, "engine_code_key", lambda: "another-engine")
+    assert runner._method_fingerprint(cpmae_method, settings, "w") != fp
+    assert runner._method_fingerprint(quickshear, settings, "w") == "QUICKSHEAR"
+
+
 def test_cli_bad_folder_is_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "cpmae", "audit", str(tmp_path / "nope"), "--out",
                            str(tmp_path / "r")], capture_output=True, text=True, timeout=120)

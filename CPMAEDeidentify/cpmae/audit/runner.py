@@ -16,6 +16,7 @@ Stages (each reported to the progress reporter and timed):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import platform
 import time
@@ -99,11 +100,37 @@ def _load_scan(scan: Scan, device: str):
     return image, brain
 
 
+NOT_ENGINE = ("audit", "train", "review")  # subpackages a remodel never runs
+
+
+def code_key(root: Path, skip=NOT_ENGINE) -> str:
+    """Short hash of the .py files under ``root`` (paths and contents), without the ``skip`` folders."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for f in sorted(Path(root).rglob("*.py")):
+        rel = f.relative_to(root)
+        if rel.parts[0] in skip:
+            continue
+        h.update(rel.as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+@functools.lru_cache(maxsize=1)
+def engine_code_key() -> str:
+    """``code_key`` of the installed cpmae package. A cached CPMAE output is only reused by the same
+    engine: keyed on the weights alone, an audit after a change to a stage (``cpmae.conform``)
+    served the old stage's outputs."""
+    import cpmae
+
+    return code_key(Path(cpmae.__file__).resolve().parent)
+
+
 def _method_fingerprint(method: Method, settings: AuditSettings, weights_id: str) -> str:
     """What a cached (scan, method) result depends on besides the scan (a user method: its name only,
     so re-run with --no-cache after editing one)."""
     if method.name == "CPMAE":
-        return f"CPMAE|{weights_id}|{settings.resolution}|{settings.steps}|{settings.device}"
+        return f"CPMAE|{weights_id}|{engine_code_key()}|{settings.resolution}|{settings.steps}|{settings.device}"
     return method.name
 
 
