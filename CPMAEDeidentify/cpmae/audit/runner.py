@@ -100,17 +100,19 @@ def _load_scan(scan: Scan, device: str):
     return image, brain
 
 
-NOT_ENGINE = ("audit", "train", "review")  # subpackages a remodel never runs
+NOT_ENGINE = ("audit", "train", "review")  # subpackages a remodel does not run ...
+ENGINE_FROM_AUDIT = ("audit/__init__.py", "audit/pose.py")  # ... but for the brain registration it shares
 
 
-def code_key(root: Path, skip=NOT_ENGINE) -> str:
-    """Short hash of the .py files under ``root`` (paths and contents), without the ``skip`` folders."""
+def code_key(root: Path, skip=NOT_ENGINE, keep=ENGINE_FROM_AUDIT) -> str:
+    """Short hash of the .py files under ``root`` (paths and contents), without the ``skip`` folders
+    except the ``keep`` files."""
     import hashlib
 
     h = hashlib.sha1()
     for f in sorted(Path(root).rglob("*.py")):
         rel = f.relative_to(root)
-        if rel.parts[0] in skip:
+        if rel.parts[0] in skip and rel.as_posix() not in keep:
             continue
         h.update(rel.as_posix().encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:12]
