@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from cpmae.audit import pose
+from cpmae import pose
 from cpmae.cohort import generate_subject
 
 

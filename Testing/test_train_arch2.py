@@ -341,7 +341,7 @@ def test_face_shape_condition_trains_and_is_drawn_at_deidentification(tmp_path, 
     assert edged.info["brain_edge_voxels"] == 2.0 and res[0].info["brain_edge_voxels"] == 0.0
     assert x[b].tobytes() == e[b].tobytes() and not np.array_equal(e, y)
     # ... and for the face to turn with the brain: one registration, handed on to the self-check
-    from cpmae.audit import pose
+    from cpmae import pose
 
     frames = []
     turned = (None, sitk.Euler3DTransform((0, 0, 0), 0.2, 0.0, 0.0))

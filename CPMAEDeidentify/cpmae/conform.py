@@ -30,7 +30,7 @@ TISSUE = 1.5 * HEAD_FRACTION  # decoded (intensity-scaled) values above this are
 
 def brain_rotation(frame) -> Optional[np.ndarray]:
     """3×3 physical rotation of this scan's brain against the averaged head's (on which faces are
-    placed), from its ``cpmae.audit.pose.brain_frame``; None where there is no frame (then faces
+    placed), from its ``cpmae.pose.brain_frame``; None where there is no frame (then faces
     stand upright on the grid).
 
     A real face turns with its brain: a head pitched in the scanner has its face pitched too.

@@ -36,7 +36,7 @@ class DeidResult:
     timings: dict = field(default_factory=dict)  # stage -> seconds
     info: dict = field(default_factory=dict)  # provenance: weights sha256, seed, steps, changed voxels…
     brain_frame: Optional[tuple] = None  # (reference, transform) when the face was turned with the brain;
-    # the self-check's renders reuse it instead of registering the brain again (cpmae.audit.pose.brain_frame)
+    # the self-check's renders reuse it instead of registering the brain again (cpmae.pose.brain_frame)
 
 
 def deidentify(image: sitk.Image, mask: Optional[sitk.Image] = None, weights=None, resolution: int = DEFAULT_RESOLUTION,
@@ -103,7 +103,7 @@ def deidentify(image: sitk.Image, mask: Optional[sitk.Image] = None, weights=Non
                 with reporter.stage("face shape"):  # a new face drawn from the CC0 shape model, placed by the brain
                     face_shape_seed = face_seed_for(seed)
                     if sampler.get("face_pose"):  # the bundle's choice: the face turned with the brain
-                        from cpmae.audit.pose import brain_frame
+                        from cpmae.pose import brain_frame
                         from cpmae.conform import brain_rotation
 
                         frame = brain_frame(image, mask)

@@ -18,7 +18,7 @@ record and the batch manifest (``cpmae review`` shows them). Five checks, each `
 * ``changed`` — fraction of the input's non-brain head voxels that changed (an output that
   passes the original face through changes none); flagged below ``CHANGED_FRACTION_MIN``.
 
-The pose is fixed to the brain, not to the head, and is the audit's (``cpmae.audit.pose``): the
+The pose is fixed to the brain, not to the head, and is the audit's (``cpmae.pose``): the
 input's brain is registered rigidly to the reference brain (pydeface's averaged head), and input
 and output are both resampled into that brain frame and rendered from its fixed frontal camera,
 the output with the input's skin threshold. The brain is bit-identical in both, so both pictures
@@ -52,7 +52,7 @@ SEAM_RATIO_LIMIT = 1.5
 # A remodeled head changes nearly every non-brain head voxel; the original face passed through
 # changes none. Half is far from both.
 CHANGED_FRACTION_MIN = 0.5
-POSE_FRAME = "brain frame (cpmae.audit.pose: brain registered to the reference brain), frontal, orthographic"
+POSE_FRAME = "brain frame (cpmae.pose: brain registered to the reference brain), frontal, orthographic"
 POSE_CENTROID = "scanner frame, frontal, orthographic, camera on the brain mask centroid (no brain reference)"
 EXIT_FLAGGED = 5  # `cpmae deidentify --on-flag fail`: the output was flagged and not written
 
@@ -83,7 +83,7 @@ def brain_centre(mask: sitk.Image) -> np.ndarray:
 
 def brain_pose(image: sitk.Image, mask: sitk.Image):
     """(reference, transform) of the audit's brain frame for this scan, or None where it cannot be had."""
-    from cpmae.audit import pose
+    from cpmae import pose
 
     return pose.brain_frame(image, mask)
 
@@ -99,7 +99,7 @@ def frontal_renders(image: sitk.Image, output: sitk.Image, mask: sitk.Image, siz
     iso = skin_threshold(image) if iso is None else iso
     framed = frame if frame is not None else brain_pose(image, mask)
     if framed is not None:
-        from cpmae.audit.pose import to_frame
+        from cpmae.pose import to_frame
 
         ref, transform = framed
         pictures = [render_face(to_frame(img, transform, ref), "frontal", size=size, iso=iso, centre=ref.focus)

@@ -151,7 +151,7 @@ def template_reface(image: sitk.Image, brain: sitk.Image, seed: int) -> sitk.Ima
     """
     from scipy import ndimage
 
-    from cpmae.audit import pose
+    from cpmae import pose
     from cpmae.intensity import intensity_scale
 
     ref = pose.reference()

@@ -165,14 +165,14 @@ def _coarse(mask: np.ndarray) -> np.ndarray:
 
 def frame_pictures(image: sitk.Image, transform, size: int, iso: float, focus=None,
                    render_filter=None) -> dict:
-    """Everything the attackers see of one head, in the brain frame (``cpmae.audit.pose``).
+    """Everything the attackers see of one head, in the brain frame (``cpmae.pose``).
 
     ``views`` / ``face_views``: RGB ``[V, H, W, 3]`` of the whole head and of the face region only
     (the head cut to the frame's fixed face region); ``sil_head`` / ``sil_face``: the head's
     silhouette (packed bits, 4 mm) in the whole frame and in the face region. ``render_filter``
     (BLACK, BLURRED) acts on the pictures; a picture that is all black shows no silhouette either.
     """
-    from cpmae.audit import pose
+    from cpmae import pose
 
     ref = pose.reference()
     focus = ref.focus if focus is None else np.asarray(focus, np.float64)

@@ -100,19 +100,17 @@ def _load_scan(scan: Scan, device: str):
     return image, brain
 
 
-NOT_ENGINE = ("audit", "train", "review")  # subpackages a remodel does not run ...
-ENGINE_FROM_AUDIT = ("audit/__init__.py", "audit/pose.py")  # ... but for the brain registration it shares
+NOT_ENGINE = ("audit", "train", "review")  # subpackages a remodel does not run
 
 
-def code_key(root: Path, skip=NOT_ENGINE, keep=ENGINE_FROM_AUDIT) -> str:
-    """Short hash of the .py files under ``root`` (paths and contents), without the ``skip`` folders
-    except the ``keep`` files."""
+def code_key(root: Path, skip=NOT_ENGINE) -> str:
+    """Short hash of the .py files under ``root`` (paths and contents), without the ``skip`` folders."""
     import hashlib
 
     h = hashlib.sha1()
     for f in sorted(Path(root).rglob("*.py")):
         rel = f.relative_to(root)
-        if rel.parts[0] in skip and rel.as_posix() not in keep:
+        if rel.parts[0] in skip:
             continue
         h.update(rel.as_posix().encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:12]
@@ -173,7 +171,7 @@ def evaluate_scans(scans: List[Scan], methods: List[Method], settings: AuditSett
     None, "error": str | None}}, {scan id: why it was skipped}). An unreadable scan is skipped, not fatal: one
     bad file among a hundred should not cost the other ninety-nine. Pictures are taken in the brain frame
     (``pose``): the transform is computed once per scan from its original, whose brain every method keeps."""
-    from cpmae.audit import pose
+    from cpmae import pose
     from cpmae.audit.utility import reference_for, utility_metrics
 
     extractor = None
@@ -251,7 +249,7 @@ def evaluate_scans(scans: List[Scan], methods: List[Method], settings: AuditSett
 
 def _blank_pictures(settings: AuditSettings) -> dict:
     """What a failed method shows the attackers: nothing (black pictures, no silhouette, no face)."""
-    from cpmae.audit import pose
+    from cpmae import pose
 
     n = pose.FRAME_SIZE // renders.SILHOUETTE_STEP
     views = np.zeros((len(renders.VIEWS), settings.render_size, settings.render_size, 3), np.uint8)
@@ -300,7 +298,7 @@ def _training_images(settings: AuditSettings, cohort_dir: Path, evaluated: List[
 def _rescan_pictures(image, brain, transform, settings: AuditSettings, rng: np.random.Generator,
                      faces: bool = False) -> dict:
     """Pictures of a simulated re-scan, re-registered to the brain frame (from a near start)."""
-    from cpmae.audit import pose
+    from cpmae import pose
 
     iso, _ = renders.render_reference(image)
     moved, moved_brain, motion = renders.rescan(image, rng, brain)
@@ -316,7 +314,7 @@ def training_pictures(settings: AuditSettings, cohort_dir: Path, evaluated: List
                       cache: renders.ResultCache, reporter: Reporter) -> Dict[str, List[np.ndarray]]:
     """{"head": [...], "face": [...]}: grey pictures ``[train_variants, V, H, W]`` per training subject
     (index 0 canonical), of the whole head and of the face region, in the brain frame."""
-    from cpmae.audit import pose
+    from cpmae import pose
 
     groups = {"head": [], "face": []}
     with reporter.stage("attacker training pictures", settings.train_subjects) as stage:
@@ -437,7 +435,7 @@ def privacy_scores(nets: Dict[str, object], evaluated: Dict[str, dict], scan_ids
 def rescan_pictures(scans: List[Scan], settings: AuditSettings, cache: renders.ResultCache,
                     reporter: Reporter) -> List[dict]:
     """Pictures of one simulated re-scan of each evaluated original (the attacker check), in the brain frame."""
-    from cpmae.audit import pose
+    from cpmae import pose
 
     out = []
     with reporter.stage("attacker check pictures", len(scans)) as stage:
@@ -531,7 +529,7 @@ def run_audit(cohort_dir, out_dir, settings: Optional[AuditSettings] = None,
                      "variants": settings.train_variants,
                      "source": settings.train_dir or f"generated cohort subjects {TRAIN_INDEX_START}+"},
         "attacks": [{"key": k, "attacker": a, "region": r} for k, a, r in ATTACKS],
-        "pose": "brain frame: each scan's brain registered rigidly to pydeface's averaged brain (cpmae.audit.pose)",
+        "pose": "brain frame: each scan's brain registered rigidly to pydeface's averaged brain (cpmae.pose)",
         "privacy": privacy,
         "utility": {m.name: {s: {k: evaluated[m.name][s].get(k) for k in ("metrics", "error", "seconds")}
                              for s in ids} for m in methods},

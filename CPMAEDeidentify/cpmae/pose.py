@@ -12,6 +12,9 @@ brains' intensities, normalised and smoothed, at 4 mm: 1-5 s on a loaded 2-core 
 5-8° / 13 mm motion is recovered to 0.04-0.7 mm mean error over the brain). Every picture of that scan (original and every method's
 output, which keep the brain) is then resampled into the *brain frame*: a fixed axis-aligned LPS
 grid around the reference brain, where the cameras and the face region are fixed too.
+
+The engine uses the same frame: the pipeline turns the new face with the brain (sampler
+``face_pose``) and the self-check renders in it, so it lives beside them, below the audit.
 """
 from __future__ import annotations
 
