@@ -213,10 +213,11 @@ def _source_fit_cached(name: str, size: int, spacing: float) -> facewarp.HeadFit
     mask, then ICP of MakeHuman's base head) cost 0.6 s of each single-scan run, and building the
     whole generator frame for it another 0.9 s. The key changes with the sample, the grid code, the
     fitting code and the MakeHuman data."""
+    from cpmae.hashing import sha256_files
     from cpmae.samples import ensure_sample
 
     src = _load_source_cached(name, size, spacing)
-    code = hashlib.sha1(b"".join(Path(m.__file__).read_bytes() for m in (facewarp, faceshape))).hexdigest()[:12]
+    code = sha256_files([facewarp.__file__, faceshape.__file__])[:12]
     key = _file_key(ensure_sample(name), _geometry_key(), str(spacing), code, faceshape.cache_file().name)
     cache = _cohort_cache() / f"{name}-fit{size}-{key}.npz"
     if cache.is_file():

@@ -104,16 +104,12 @@ NOT_ENGINE = ("audit", "train", "review")  # subpackages a remodel does not run
 
 
 def code_key(root: Path, skip=NOT_ENGINE) -> str:
-    """Short hash of the .py files under ``root`` (paths and contents), without the ``skip`` folders."""
-    import hashlib
+    """Short hash of the .py files under ``root`` (in path order), without the ``skip`` folders."""
+    from cpmae.hashing import sha256_files
 
-    h = hashlib.sha1()
-    for f in sorted(Path(root).rglob("*.py")):
-        rel = f.relative_to(root)
-        if rel.parts[0] in skip:
-            continue
-        h.update(rel.as_posix().encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()[:12]
+    root = Path(root)
+    files = sorted(f for f in root.rglob("*.py") if f.relative_to(root).parts[0] not in skip)
+    return sha256_files(files)[:12]
 
 
 @functools.lru_cache(maxsize=1)
