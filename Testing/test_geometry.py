@@ -185,6 +185,35 @@ def test_to_model_and_back_keeps_a_head_phantom(phantom):
     assert np.abs(back - orig)[inside].mean() < 0.1 * orig[inside].mean()
 
 
+@pytest.mark.parametrize("direction", [np.eye(3), np.diag([-1.0, -1.0, 1.0]),  # LPS; RAS as NIfTI stores it
+                                       np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])])
+def test_a_scan_with_the_grid_spacing_is_moved_whole_voxels_and_back_exactly(direction):
+    """Native voxels of the model's spacing along LPS axes (any flips or order): the frame lands on
+    them, so model grid and back copies every voxel instead of averaging neighbours (which blurred
+    the tissue next to the kept brain; docs/audit.md)."""
+    grid = ModelGrid(48, 4.0)
+    arr = np.random.default_rng(0).random((40, 44, 36)).astype(np.float32) + 1.0
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing((4.0, 4.0, 4.0))
+    img.SetDirection(tuple(direction.ravel()))
+    img.SetOrigin((-71.3, 12.9, 40.7))  # no relation to whole millimetres
+    ref = plan_model_grid(img, grid)
+    index = np.asarray(img.TransformPhysicalPointToContinuousIndex(ref.GetOrigin()))
+    np.testing.assert_allclose(index, np.round(index), atol=1e-6)
+    back = to_native(to_model(img, ref), ref, img)
+    inside = model_fov_mask(ref, img)
+    assert inside.mean() > 0.5
+    np.testing.assert_allclose(back[inside], arr[inside], rtol=1e-5)
+    # another spacing or an oblique scan keep the head-centred origin as it was
+    for spacing, rot in (((2.0, 2.0, 2.0), tuple(direction.ravel())), ((4.0, 4.0, 4.0), _rotation((0.9, 0.2, -0.3, 0.1)))):
+        other = sitk.Image(img)
+        other.SetSpacing(spacing)
+        other.SetDirection(rot)
+        origin = np.asarray(plan_model_grid(other, grid).GetOrigin())
+        centre = geometry.head_centre(other, grid.fov_mm)
+        np.testing.assert_allclose(origin, centre - (grid.size - 1) * grid.spacing / 2.0, atol=1e-9)
+
+
 def test_nearest_keeps_labels_exactly(phantom):
     _, brain = phantom
     ref = plan_model_grid(brain, ModelGrid(64, 4.0))

@@ -149,8 +149,26 @@ def plan_model_grid(native: sitk.Image, grid: ModelGrid, mask: Optional[sitk.Ima
     ref = sitk.Image([grid.size] * 3, sitk.sitkFloat32)
     ref.SetSpacing([float(grid.spacing)] * 3)
     ref.SetDirection(np.eye(3).ravel().tolist())
-    ref.SetOrigin((centre - (grid.size - 1) * grid.spacing / 2.0).tolist())
+    ref.SetOrigin(snap_to_native(centre - (grid.size - 1) * grid.spacing / 2.0, native, grid).tolist())
     return ref
+
+
+def snap_to_native(origin: np.ndarray, native: sitk.Image, grid: ModelGrid) -> np.ndarray:
+    """``origin`` moved (< half a voxel per axis) onto a native voxel centre when the native voxels
+    have the model grid's spacing along LPS axes (any flips or axis order): ``to_model`` and
+    ``to_native`` are then whole-voxel shifts that copy values, instead of interpolating twice
+    between neighbours. Unsnapped, a half-voxel offset blurred the tissue next to the kept brain
+    enough for deepbet on the output to drop the brain's outer layer (docs/audit.md). Otherwise
+    (oblique, or another spacing) ``origin`` is returned unchanged."""
+    direction = np.asarray(native.GetDirection(), float).reshape(3, 3)
+    if not np.allclose(np.abs(direction), np.round(np.abs(direction)), atol=1e-6) \
+            or not np.allclose(np.abs(direction).sum(axis=0), 1.0, atol=1e-6):
+        return np.asarray(origin, float)
+    lps_spacing = np.abs(direction) @ np.asarray(native.GetSpacing(), float)  # native spacing along L, P, S
+    if not np.allclose(lps_spacing, grid.spacing, rtol=1e-4):
+        return np.asarray(origin, float)
+    index = np.round(native.TransformPhysicalPointToContinuousIndex([float(v) for v in origin]))
+    return np.asarray(native.TransformContinuousIndexToPhysicalPoint(index.tolist()), float)
 
 
 def _nonzero_box(arr: np.ndarray):
