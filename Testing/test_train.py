@@ -205,6 +205,80 @@ def test_nonbrain_crops_favour_the_face():
     assert all(c[1] % 4 == 0 for c in corners)
 
 
+def test_band_channel_marks_the_voxels_next_to_the_brain_in_the_crop():
+    """The band is computed with the brain just outside the crop, flips with the image, and band
+    crops sit on the brain's edge."""
+    from scipy import ndimage
+
+    img, brain = phantom_arrays(64)
+    vol = D.normalised(img, brain)
+    full = D.brain_band(brain, 3)
+    dist = ndimage.distance_transform_edt(brain == 0)
+    assert np.array_equal(full, (brain == 0) & (dist <= 3)) and full.any()
+    for k in range(6):
+        rng, again = np.random.default_rng(k), np.random.default_rng(k)
+        s = D.tokenizer_sample(vol, "nonbrain", 24, 4, 0.0, 0.5, rng, band_voxels=3, band_bias=1.0)
+        assert s.shape == (2, 24, 24, 24)
+        z, y, x = D.choose_crop(vol, "nonbrain", 24, 4, 0.0, again, band_bias=1.0)
+        want_img, want_band = vol.part("nonbrain")[z:z + 24, y:y + 24, x:x + 24], full[z:z + 24, y:y + 24, x:x + 24]
+        flipped = again.random() < 0.5
+        if flipped:
+            want_img, want_band = want_img[:, :, ::-1], want_band[:, :, ::-1]
+        assert np.array_equal(s[0], want_img) and np.array_equal(s[1] > 0, want_band)
+        assert s[1].any()  # centred on the brain's edge: the band is in the crop
+    plain = D.tokenizer_sample(vol, "nonbrain", 24, 4, 0.0, 0.5, np.random.default_rng(0))
+    assert plain.shape == (1, 24, 24, 24)
+
+
+def test_decoder_only_band_fine_tune_keeps_every_token_and_lowers_the_band_error(tmp_path, prepared, monkeypatch):
+    """freeze_encoder + band_weight: the encoder (so every token, and a prior trained on them) is
+    unchanged, the decoder moves, and the band error on the training crops falls."""
+    from cpmae.train.tasks import TokenizerTask
+
+    base = tiny_tokenizer_config(prepared, steps=6, checkpoint_every=6)
+    train(base, tmp_path / "base")
+    bundle_like = final_tensors(tmp_path / "base")
+    cfg = tiny_tokenizer_config(prepared, steps=40, lr=3e-3, checkpoint_every=40, freeze_encoder=True,
+                                band_weight=5.0, band_voxels=2, band_bias=0.5)
+    task = TokenizerTask(cfg)
+    model = task.build()
+    model.load_state_dict(bundle_like)
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    assert frozen and all(n.startswith("enc_") for n in frozen)
+    assert all(p.requires_grad for n, p in model.named_parameters() if n.startswith("dec_"))
+    batch = task.batch(list(range(8)), "cpu")
+    assert batch.shape[1] == 2 and batch[:, 1].sum() > 0
+    with torch.no_grad():
+        before_loss = float(task._band_l1(model(batch[:, :1])[0], batch[:, :1], batch[:, 1:]))
+    from cpmae.train import loop as L
+
+    # the base is a run folder, not a bundle: the warm start loads its weights directly
+    monkeypatch.setattr(L, "warm_start", lambda m, c, t: m.load_state_dict(bundle_like))
+    train(TrainConfig.from_dict(dict(cfg.to_dict(), init_from="base run")), tmp_path / "ft")
+    tuned = final_tensors(tmp_path / "ft")
+    for name, value in bundle_like.items():
+        if name.startswith("enc_"):
+            assert torch.equal(tuned[name], value), name
+    assert any(not torch.equal(tuned[n], v) for n, v in bundle_like.items() if n.startswith("dec_"))
+    after = task.build()
+    after.load_state_dict(tuned)
+    with torch.no_grad():
+        assert torch.equal(model.encode(batch[:, :1]), after.encode(batch[:, :1]))
+        after_loss = float(task._band_l1(after(batch[:, :1])[0], batch[:, :1], batch[:, 1:]))
+    assert after_loss < 0.9 * before_loss
+    with pytest.raises(InputError, match="nonbrain tokenizer"):
+        tiny_prior_config(prepared, band_weight=1.0)
+
+
+def test_held_out_subjects_generated_under_bf16_autocast_are_the_float32_ones():
+    """The loop validates under bf16 autocast where the CPU has it, and a held-out subject is first
+    generated there: it must be the subject a float32 caller gets (it was bf16 warps, then a crash)."""
+    plain = D.generate_subject(3, 128, 7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = D.generate_subject(3, 128, 7)
+    assert np.array_equal(plain.image, under.image) and np.array_equal(plain.brain, under.brain)
+
+
 def test_lr_schedule_warms_up_and_decays():
     cfg = TrainConfig(steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.1)
     lrs = [lr_at(s, cfg) for s in range(100)]

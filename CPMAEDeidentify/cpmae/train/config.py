@@ -46,6 +46,13 @@ class TrainConfig:
     face_bias: float = 0.8  # nonbrain: share of crops centred on non-brain head tissue
     flip_prob: float = 0.5  # left-right flip augmentation
     ssim_weight: float = 0.5  # loss = L1 + ssim_weight * (1 - SSIM3D)
+    # nonbrain: extra L1 weight on the band of band_voxels outside the brain. That band is what deepbet
+    # and tissue classes look at next to the kept brain of an output (docs/training.md, "Seventh look")
+    band_weight: float = 0.0
+    band_voxels: int = 4
+    band_bias: float = 0.0  # nonbrain: share of crops centred on the brain's edge (drawn before face_bias)
+    freeze_encoder: bool = False  # tokenizer: train the decoder only, so the tokens (and a prior trained
+    # on them) stay valid; pair with init_from
     # prior
     clean_weight: float = 0.3  # Paella v3 loss weight of tokens that were not replaced
     token_crop: int = 0  # prior: train on token_crop³ windows of the token grid (0 = whole grid)
@@ -109,6 +116,12 @@ class TrainConfig:
             bad(f"token_crop must be 0 or a multiple of 4, not {self.token_crop}")
         if self.cohort_size < 1:
             bad("cohort_size must be >= 1")
+        if self.band_weight < 0 or self.band_voxels < 1 or not 0.0 <= self.band_bias <= 1.0:
+            bad("band_weight must be >= 0, band_voxels >= 1 and band_bias between 0 and 1")
+        if (self.band_weight or self.band_bias) and (self.task != "tokenizer" or self.part != "nonbrain"):
+            bad("band_weight and band_bias are for the nonbrain tokenizer (the band lies outside the brain)")
+        if self.freeze_encoder and self.task != "tokenizer":
+            bad("freeze_encoder is for tokenizer runs")
         return self
 
     def to_dict(self) -> Dict[str, Any]:

@@ -72,6 +72,18 @@ class SubjectSource:
         return self._get(self.n_train + j)
 
 
+def generate_subject(index: int, resolution: int, seed: int):
+    """``cohort.generate_subject`` in float32 whatever the caller's autocast: the loop validates
+    under bf16 autocast where the CPU has it, and a held-out subject first generated there had its
+    warps computed by bf16 matmuls (which numpy then refused: a run died at its first validation)."""
+    import torch
+
+    from cpmae import cohort
+
+    with torch.autocast("cpu", enabled=False):
+        return cohort.generate_subject(index, resolution, seed)
+
+
 def cohort_source(resolution: int, seed: int, n_train: int, n_val: int, cache: int = 4,
                   disk_cache: Optional[Path] = None) -> SubjectSource:
     """The generated cohort: subjects 0..n_train-1 train, the next n_val are held out.
@@ -90,7 +102,7 @@ def cohort_source(resolution: int, seed: int, n_train: int, n_val: int, cache: i
             img_path, brain_path = folder / f"{index:06d}-image.npy", folder / f"{index:06d}-brain.npy"
             if img_path.is_file() and brain_path.is_file():
                 return Volume(np.load(img_path, allow_pickle=False), np.load(brain_path, allow_pickle=False))
-        subj = cohort.generate_subject(index, resolution, seed)
+        subj = generate_subject(index, resolution, seed)
         vol = normalised(subj.image, subj.brain)
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
@@ -157,7 +169,7 @@ def subject_face_seed(resolution: int, seed: int, index: int, disk_cache: Option
     else:
         from cpmae import cohort
 
-        params = cohort.generate_subject(index, resolution, seed).params
+        params = generate_subject(index, resolution, seed).params
     face = params.get("face") if isinstance(params, dict) else None
     return int(face["face_seed"]) if isinstance(face, dict) and "face_seed" in face else None
 
@@ -246,13 +258,24 @@ def _candidate_centres(mask: np.ndarray) -> np.ndarray:
     return np.argwhere(mask[::s, ::s, ::s]) * s + s // 2
 
 
+def brain_band(brain: np.ndarray, width: int) -> np.ndarray:
+    """Voxels outside ``brain`` within ``width`` voxels (Euclidean) of it."""
+    from scipy import ndimage
+
+    brain = np.asarray(brain) > 0
+    if not brain.any():
+        return np.zeros(brain.shape, bool)
+    return ~brain & (ndimage.distance_transform_edt(~brain) <= width)
+
+
 def choose_crop(vol: Volume, part: str, crop: int, align: int, face_bias: float,
-                rng: np.random.Generator) -> Tuple[int, int, int]:
+                rng: np.random.Generator, band_bias: float = 0.0) -> Tuple[int, int, int]:
     """Corner of a ``crop``³ window, on the ``align`` grid so crops line up with tokens.
 
     Brain crops are centred on brain voxels. Non-brain crops are centred, with probability
-    ``face_bias``, on non-brain head tissue in front of the brain's centre (the model grid puts
-    the face at low ``y``, see ``cpmae.geometry``), and otherwise anywhere in the volume.
+    ``band_bias``, on the brain's outermost voxels; else, with probability ``face_bias``, on
+    non-brain head tissue in front of the brain's centre (the model grid puts the face at low
+    ``y``, see ``cpmae.geometry``); and otherwise anywhere in the volume.
     """
     shape = np.array(vol.image.shape)
     if crop <= 0 or np.all(shape <= crop):
@@ -260,6 +283,11 @@ def choose_crop(vol: Volume, part: str, crop: int, align: int, face_bias: float,
     mask = None
     if part == "brain":
         mask = vol.brain > 0
+    elif band_bias and rng.random() < band_bias:  # no draw at 0: earlier runs keep their crops
+        from scipy import ndimage
+
+        brain = vol.brain > 0
+        mask = brain & ~ndimage.binary_erosion(brain)
     elif rng.random() < face_bias:
         mask = (vol.image > HEAD_FRACTION) & (vol.brain == 0)  # image is already x / scale
         brain_y = np.nonzero(vol.brain.any(axis=(0, 2)))[0]
@@ -281,19 +309,32 @@ def window_corner(centre, shape, crop: int, align: int) -> Tuple[int, int, int]:
 
 
 def tokenizer_sample(vol: Volume, part: str, crop: int, align: int, face_bias: float, flip_prob: float,
-                     rng: np.random.Generator) -> np.ndarray:
-    """One training input [1, c, c, c] float32 for a tokenizer."""
+                     rng: np.random.Generator, band_voxels: int = 0, band_bias: float = 0.0) -> np.ndarray:
+    """One training input [1, c, c, c] float32 for a tokenizer; with ``band_voxels``, [2, c, c, c]
+    whose second channel marks the band outside the brain (``brain_band``) for the loss."""
     arr = vol.part(part)
-    z, y, x = choose_crop(vol, part, crop, align, face_bias, rng)
+    z, y, x = choose_crop(vol, part, crop, align, face_bias, rng, band_bias)
     c = crop if crop > 0 else max(arr.shape)
-    out = arr[z:z + c, y:y + c, x:x + c]
-    if out.shape != (c, c, c):  # a volume smaller than the crop: zero-pad (air)
-        padded = np.zeros((c, c, c), np.float32)
-        padded[: out.shape[0], : out.shape[1], : out.shape[2]] = out
-        out = padded
+    channels = [arr]
+    if band_voxels:  # on a window with a margin, so brain just outside the crop still counts
+        lo = np.maximum(np.array([z, y, x]) - band_voxels, 0)
+        band = brain_band(vol.brain[lo[0]:z + c + band_voxels, lo[1]:y + c + band_voxels,
+                                    lo[2]:x + c + band_voxels], band_voxels)
+        full = np.zeros(arr.shape, np.float32)
+        full[lo[0]:lo[0] + band.shape[0], lo[1]:lo[1] + band.shape[1], lo[2]:lo[2] + band.shape[2]] = band
+        channels.append(full)
+    outs = []
+    for a in channels:
+        out = a[z:z + c, y:y + c, x:x + c]
+        if out.shape != (c, c, c):  # a volume smaller than the crop: zero-pad (air)
+            padded = np.zeros((c, c, c), np.float32)
+            padded[: out.shape[0], : out.shape[1], : out.shape[2]] = out
+            out = padded
+        outs.append(out)
+    out = np.stack(outs)
     if rng.random() < flip_prob:
-        out = out[:, :, ::-1]  # left-right
-    return np.ascontiguousarray(out[None], dtype=np.float32)
+        out = out[:, :, :, ::-1]  # left-right
+    return np.ascontiguousarray(out, dtype=np.float32)
 
 
 def stack(samples: Sequence[np.ndarray]) -> np.ndarray:

@@ -50,11 +50,22 @@ class TokenizerTask:
         self.data_description = self.source.description
 
     def build(self) -> torch.nn.Module:
-        return build("tokenizer", self.model_config)
+        model = build("tokenizer", self.model_config)
+        if self.cfg.freeze_encoder:  # the decoder learns; every input keeps its tokens
+            for name, p in model.named_parameters():
+                if name.startswith("enc_"):
+                    p.requires_grad_(False)
+        return model
 
     def _sample(self, vol: D.Volume, rng: np.random.Generator, flip: float) -> np.ndarray:
         c = self.cfg
-        return D.tokenizer_sample(vol, c.part, c.crop, self.align, c.face_bias, flip, rng)
+        band = c.band_voxels if c.band_weight else 0
+        return D.tokenizer_sample(vol, c.part, c.crop, self.align, c.face_bias, flip, rng, band, c.band_bias)
+
+    @staticmethod
+    def _band_l1(recon: torch.Tensor, x: torch.Tensor, band: torch.Tensor) -> torch.Tensor:
+        """Mean absolute error over the band voxels of the batch (0 when a batch has none)."""
+        return ((recon.float() - x.float()).abs() * band).sum() / band.sum().clamp(min=1.0)
 
     def batch(self, indices: List[int], device) -> torch.Tensor:
         c = self.cfg
@@ -65,9 +76,14 @@ class TokenizerTask:
         return torch.from_numpy(D.stack(xs)).to(device)
 
     def loss(self, model, x: torch.Tensor):
+        band = x[:, 1:] if x.shape[1] > 1 else None
+        x = x[:, :1]
         recon, tokens, _ = model(x)
         loss = reconstruction_loss(recon, x, self.cfg.ssim_weight)
-        return loss, {}
+        if band is None:
+            return loss, {}
+        band_l1 = self._band_l1(recon, x, band)
+        return loss + self.cfg.band_weight * band_l1, {"band_l1": float(band_l1.detach())}
 
     @torch.no_grad()
     def validate(self, model, device) -> Dict[str, float]:
@@ -76,11 +92,14 @@ class TokenizerTask:
         xs, recons, toks = [], [], []
         for j in range(self.source.n_val):
             x = torch.from_numpy(self._sample(self.source.val(j), D.sample_rng(j, self.cfg.seed, VAL_SALT), 0.0))
-            recon, tokens, _ = model(x[None].to(device))
+            recon, tokens, _ = model(x[None, :1].to(device))
             xs.append(x[None]), recons.append(recon.float().cpu()), toks.append(tokens.cpu())
         x, recon, tokens = torch.cat(xs), torch.cat(recons), torch.cat(toks)
+        band, x = (x[:, 1:] if x.shape[1] > 1 else None), x[:, :1]
         out = {"val_l1": float((recon - x).abs().mean()), "val_psnr": psnr(recon, x),
                "val_ssim": float(ssim3d(recon, x))}
+        if band is not None:
+            out["val_band_l1"] = float(self._band_l1(recon, x, band))
         out.update({f"val_{k}": v for k, v in codebook_stats(tokens, model.codebook_size).items()})
         return out
 
