@@ -258,6 +258,60 @@ def test_prior2_trains_validates_and_exports_seeds(tmp_path):
     assert x[b].tobytes() == y[b].tobytes()
 
 
+def test_a_decoder_fine_tune_ships_on_a_base_bundle_with_its_other_parts_and_records(tmp_path):
+    """`cpmae export --base`: a non-brain run warm-started from a bundle with its encoder frozen
+    replaces only that bundle's non-brain tokenizer; the brain tokenizer, prior, sampler settings and
+    cohort seeds come from the base, and every token the base made is made again."""
+    from cpmae.commands.export import export
+    from cpmae.errors import InputError
+    from cpmae.pipeline import deidentify
+    from cpmae.weights import load_bundle
+
+    prepared = write_prepared(tmp_path / "prepared", size=128)
+    runs = {}
+    for part in ("brain", "nonbrain"):
+        cfg = TrainConfig.from_dict(dict(task="tokenizer", part=part, resolution=128, data=str(prepared), crop=32,
+                                         steps=2, batch_size=1, warmup_steps=1, cohort_size=3, val_subjects=1,
+                                         val_every=0, checkpoint_every=2, model=dict(TINY2_TOK), threads=1))
+        train(cfg, tmp_path / part)
+        runs[part] = tmp_path / part
+    train(prior2_config(write_tokens2(tmp_path / "tok", token_size=32, seeds=(7, 11)), steps=2), tmp_path / "prior")
+    base = export([runs["brain"], runs["nonbrain"], tmp_path / "prior"], tmp_path / "base")
+    manifest = json.loads((base / "manifest.json").read_text(encoding="utf-8"))
+    manifest["sampler"] = {"steps": 3, "temperature": 0.7}
+    (base / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+
+    tune = TrainConfig.from_dict(dict(task="tokenizer", part="nonbrain", resolution=128, data=str(prepared), crop=32,
+                                      steps=3, batch_size=1, lr=3e-3, warmup_steps=1, cohort_size=3, val_subjects=1,
+                                      val_every=3, checkpoint_every=3, model=dict(TINY2_TOK), threads=1,
+                                      init_from=str(base), freeze_encoder=True, band_weight=4.0, band_voxels=2,
+                                      band_bias=0.5))
+    summary = train(tune, tmp_path / "tune")
+    assert "val_band_l1" in summary
+    with pytest.raises(InputError, match="missing run"):
+        export([tmp_path / "tune"], tmp_path / "lonely")
+    out = export([tmp_path / "tune"], tmp_path / "tuned", base=str(base))
+    new = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    for k in ("brain_tokenizer", "prior"):
+        assert new["components"][k]["sha256"] == manifest["components"][k]["sha256"]
+        assert new["training"][k]["bundle"] == "base" and new["training"][k]["steps"] == 2
+    assert new["components"]["nonbrain_tokenizer"]["sha256"] != manifest["components"]["nonbrain_tokenizer"]["sha256"]
+    assert new["training"]["nonbrain_tokenizer"]["steps"] == 3
+    assert new["sampler"] == {"steps": 3, "temperature": 0.7}
+    assert new["data"]["cohort_seeds"] == [7, 11]
+    assert new["derived_from"]["kept"] == ["brain_tokenizer", "prior"]
+    assert "val_band_l1" in new["data"]["held_out_metrics"]["nonbrain_tokenizer"]
+    a, b = load_bundle(base, 128), load_bundle(out, 128)
+    img, mask = phantom_image()
+    x = torch.from_numpy(sitk.GetArrayFromImage(img).astype(np.float32) / 100.0)[None, None][..., :128, :128, :128]
+    x = torch.nn.functional.pad(x, [0, 128 - x.shape[-1], 0, 128 - x.shape[-2], 0, 128 - x.shape[-3]])
+    assert torch.equal(a.nonbrain_tokenizer.encode(x), b.nonbrain_tokenizer.encode(x))
+    assert not torch.equal(a.nonbrain_tokenizer.decode(a.nonbrain_tokenizer.encode(x)),
+                           b.nonbrain_tokenizer.decode(b.nonbrain_tokenizer.encode(x)))
+    res = deidentify(img, mask, bundle=b, seed=0, mask_limits={"min_cm3": 1})
+    assert res.info["steps"] == 3
+
+
 def test_shape_maps_mark_the_surface_and_what_lies_behind_it():
     from cpmae.conditions import shape_maps
 

@@ -12,11 +12,12 @@ import datetime as _dt
 import json
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Dict, Optional, Union
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -235,8 +236,13 @@ def component_state(spec: Union[str, Path], name: str) -> tuple:
 
 
 def save_bundle(out_dir: Union[str, Path], brain_tokenizer: Tokenizer, nonbrain_tokenizer: Tokenizer,
-                prior: torch.nn.Module, resolution: int, meta: Optional[dict] = None, half: bool = True) -> Path:
-    """Write a bundle atomically (temp folder, then rename). ``half`` stores fp16 to keep the repo small."""
+                prior: torch.nn.Module, resolution: int, meta: Optional[dict] = None, half: bool = True,
+                keep_files: Optional[Dict[str, Path]] = None) -> Path:
+    """Write a bundle atomically (temp folder, then rename). ``half`` stores fp16 to keep the repo small.
+
+    ``keep_files`` maps a component to the stored file of another bundle that holds exactly its
+    weights: that file is copied byte for byte, so a kept component keeps its sha256 (safetensors
+    writes its metadata in no fixed order, so saving the same weights again can change the hash)."""
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -246,7 +252,10 @@ def save_bundle(out_dir: Union[str, Path], brain_tokenizer: Tokenizer, nonbrain_
         state = {k: (v.detach().half() if half and v.is_floating_point() else v.detach()).contiguous().cpu()
                  for k, v in model.state_dict().items()}
         fname = f"{name}.safetensors"
-        save_file(state, str(tmp / fname), metadata={"component": name, "format": FORMAT})
+        if keep_files and name in keep_files:
+            shutil.copyfile(keep_files[name], tmp / fname)
+        else:
+            save_file(state, str(tmp / fname), metadata={"component": name, "format": FORMAT})
         comps[name] = {"file": fname, "sha256": sha256_file(tmp / fname), "config": model.cfg.to_dict(),
                        "parameters": int(sum(p.numel() for p in model.parameters()))}
     arch = int(getattr(prior.cfg, "arch", 1))
@@ -284,8 +293,6 @@ def save_bundle(out_dir: Union[str, Path], brain_tokenizer: Tokenizer, nonbrain_
         old = out.with_name(f".{out.name}.old")
         os.replace(out, old)
         os.replace(tmp, out)
-        import shutil
-
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, out)
