@@ -56,15 +56,15 @@ VAL=4
 case "$PROFILE" in
   gpu)  N=${SUBJECTS:-180}; NTOK=${TOK_SUBJECTS:-$N}; WORKERS=$(( $(nproc) > 2 ? $(nproc) - 2 : 1 )); DEV=cuda; THREADS=0
         TOK_B=(--batch-size 8); PRIOR_B=(--batch-size 32)
-        MIN_BRAIN=1.0; MIN_NONBRAIN=1.8; MIN_PRIOR=2.8; EVAL_N=4; CKPT=200; ENCODERS=1 ;;
+        MIN_BRAIN=1.0; MIN_NONBRAIN=1.8; MIN_PRIOR=2.8; MIN_BAND=0.4; EVAL_N=4; CKPT=200; ENCODERS=1 ;;
   cpu)  N=${SUBJECTS:-500}; NTOK=${TOK_SUBJECTS:-36}; WORKERS=1; DEV=cpu; THREADS=1; NICE=(nice -n 15)
         export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1  # one core of a shared machine, generation included
         TOK_B=(--batch-size 2); PRIOR_B=(--batch-size 8)
-        MIN_BRAIN=60; MIN_NONBRAIN=180; MIN_PRIOR=900; EVAL_N=6; CKPT=100; ENCODERS=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc) ;;
+        MIN_BRAIN=60; MIN_NONBRAIN=180; MIN_PRIOR=900; MIN_BAND=30; EVAL_N=6; CKPT=100; ENCODERS=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc) ;;
   tiny) N=${SUBJECTS:-6}; NTOK=${TOK_SUBJECTS:-$N}; VAL=2; WORKERS=2; DEV=cpu; THREADS=1
         TOK_B=(--batch-size 2 --set model.channels=[4,8] --set model.blocks=[1,1]); PRIOR_B=(--batch-size 8 --set micro_batch=4
         --set model.channels=[8,16] --set model.blocks=1 --set model.head_channels=4 --set model.embed_dim=2)
-        MIN_BRAIN=0.15; MIN_NONBRAIN=0.15; MIN_PRIOR=0.2; EVAL_N=1; CKPT=5; ENCODERS=2 ;;
+        MIN_BRAIN=0.15; MIN_NONBRAIN=0.15; MIN_PRIOR=0.2; MIN_BAND=0.1; EVAL_N=1; CKPT=5; ENCODERS=2 ;;
   *) echo "--profile must be gpu, cpu or tiny" >&2; exit 2 ;;
 esac
 if [[ -n "$MINUTES" ]]; then
@@ -138,6 +138,14 @@ run_stage "$PRIOR" prior --resolution "$RES" --data "$TOKENS" --max-minutes "$MI
 stamp "export $OUT"
 "${CPMAE[@]}" export "$WORK/tokenizer-brain" "$WORK/tokenizer-nonbrain" "$WORK/$PRIOR" --out "$OUT" \
   --note "architecture 2, profile $PROFILE: generated face cohort seed $COHORT_SEED ($NTRAIN training subjects)"
+
+# the non-brain decoder alone, again, with extra weight on the 8 mm around the brain that deepbet and
+# tissue classes read in an output (docs/training.md, "Seventh look"); the encoder is frozen, so the
+# tokens and the prior stay valid, and the bundle keeps its other parts (export --base)
+run_stage tokenizer-nonbrain-band tokenizer --part nonbrain --resolution "$RES" --max-minutes "$MIN_BAND" \
+  --cohort-size "$NTOK_TRAIN" --val-every 500 "${TOK_B[@]}" "${COMMON[@]}" --lr 0.0003 --warmup-steps 20 \
+  --set init_from="$OUT" --set freeze_encoder=true --set band_weight=8 --set band_voxels=4 --set band_bias=0.6
+"${CPMAE[@]}" export "$WORK/tokenizer-nonbrain-band" --base "$OUT" --out "$OUT"
 stamp "held-out metrics (cohort seed $EVAL_SEED, never trained on)"
 "${NICE[@]}" "$PY" -m cpmae.train.evaluate --weights "$OUT" --resolution "$RES" --cohort-seed "$EVAL_SEED" \
   --count "$EVAL_N" --device "$DEV" | "$PY" -c "import json,sys; d=json.load(sys.stdin); print(json.dumps(d['summary']))"
