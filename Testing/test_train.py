@@ -239,7 +239,7 @@ def test_decoder_only_band_fine_tune_keeps_every_token_and_lowers_the_band_error
     train(base, tmp_path / "base")
     bundle_like = final_tensors(tmp_path / "base")
     cfg = tiny_tokenizer_config(prepared, steps=40, lr=3e-3, checkpoint_every=40, freeze_encoder=True,
-                                band_weight=5.0, band_voxels=2, band_bias=0.5)
+                                band_weight=5.0, band_voxels=2, band_bias=0.5, init_from="base run")
     task = TokenizerTask(cfg)
     model = task.build()
     model.load_state_dict(bundle_like)
@@ -254,7 +254,7 @@ def test_decoder_only_band_fine_tune_keeps_every_token_and_lowers_the_band_error
 
     # the base is a run folder, not a bundle: the warm start loads its weights directly
     monkeypatch.setattr(L, "warm_start", lambda m, c, t: m.load_state_dict(bundle_like))
-    train(TrainConfig.from_dict(dict(cfg.to_dict(), init_from="base run")), tmp_path / "ft")
+    train(cfg, tmp_path / "ft")
     tuned = final_tensors(tmp_path / "ft")
     for name, value in bundle_like.items():
         if name.startswith("enc_"):
@@ -268,6 +268,8 @@ def test_decoder_only_band_fine_tune_keeps_every_token_and_lowers_the_band_error
     assert after_loss < 0.9 * before_loss
     with pytest.raises(InputError, match="nonbrain tokenizer"):
         tiny_prior_config(prepared, band_weight=1.0)
+    with pytest.raises(InputError, match="init_from"):  # a random encoder, frozen: codes no prior knows
+        tiny_tokenizer_config(prepared, freeze_encoder=True)
 
 
 def test_held_out_subjects_generated_under_bf16_autocast_are_the_float32_ones():
@@ -300,7 +302,9 @@ def test_config_precedence_and_errors(tmp_path):
     user = tmp_path / "cfg.yaml"
     user.write_text("lr: 0.5\nsteps: 7\nmodel: {channels: [4, 8]}\n", encoding="utf-8")
     cfg = resolve_config("tokenizer", {"steps": 9, "model": {"blocks": [1, 1]}}, user)
-    assert cfg.lr == 0.5 and cfg.steps == 9 and cfg.crop == 128  # crop from the shipped 256 preset
+    assert cfg.lr == 0.5 and cfg.steps == 9 and cfg.crop == 64  # crop from the shipped preset of the
+    # default grid (128³ since 2026-12-01: configs/tokenizer-128.yaml), not TrainConfig's 128
+    assert TrainConfig.crop == 128 and cfg.resolution == 128
     assert cfg.model["channels"] == [4, 8] and cfg.model["blocks"] == [1, 1]
     user.write_text("lr: 0.5\nno_such_key: 1\n", encoding="utf-8")
     with pytest.raises(InputError, match="no_such_key"):

@@ -120,8 +120,9 @@ class TrainConfig:
             bad("band_weight must be >= 0, band_voxels >= 1 and band_bias between 0 and 1")
         if (self.band_weight or self.band_bias) and (self.task != "tokenizer" or self.part != "nonbrain"):
             bad("band_weight and band_bias are for the nonbrain tokenizer (the band lies outside the brain)")
-        if self.freeze_encoder and self.task != "tokenizer":
-            bad("freeze_encoder is for tokenizer runs")
+        if self.freeze_encoder and (self.task != "tokenizer" or not self.init_from):
+            bad("freeze_encoder is for tokenizer runs that start from a bundle (init_from): a random "
+                "encoder kept frozen would make codes no prior was trained on")
         return self
 
     def to_dict(self) -> Dict[str, Any]:

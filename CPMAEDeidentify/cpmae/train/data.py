@@ -167,8 +167,6 @@ def subject_face_seed(resolution: int, seed: int, index: int, disk_cache: Option
     if path.is_file():
         params = json.loads(path.read_text(encoding="utf-8"))
     else:
-        from cpmae import cohort
-
         params = generate_subject(index, resolution, seed).params
     face = params.get("face") if isinstance(params, dict) else None
     return int(face["face_seed"]) if isinstance(face, dict) and "face_seed" in face else None
@@ -315,21 +313,17 @@ def tokenizer_sample(vol: Volume, part: str, crop: int, align: int, face_bias: f
     arr = vol.part(part)
     z, y, x = choose_crop(vol, part, crop, align, face_bias, rng, band_bias)
     c = crop if crop > 0 else max(arr.shape)
-    channels = [arr]
+    crops = [arr[z:z + c, y:y + c, x:x + c]]
     if band_voxels:  # on a window with a margin, so brain just outside the crop still counts
         lo = np.maximum(np.array([z, y, x]) - band_voxels, 0)
-        band = brain_band(vol.brain[lo[0]:z + c + band_voxels, lo[1]:y + c + band_voxels,
-                                    lo[2]:x + c + band_voxels], band_voxels)
-        full = np.zeros(arr.shape, np.float32)
-        full[lo[0]:lo[0] + band.shape[0], lo[1]:lo[1] + band.shape[1], lo[2]:lo[2] + band.shape[2]] = band
-        channels.append(full)
+        window = brain_band(vol.brain[lo[0]:z + c + band_voxels, lo[1]:y + c + band_voxels,
+                                      lo[2]:x + c + band_voxels], band_voxels)
+        o = np.array([z, y, x]) - lo
+        crops.append(window[o[0]:o[0] + c, o[1]:o[1] + c, o[2]:o[2] + c])
     outs = []
-    for a in channels:
-        out = a[z:z + c, y:y + c, x:x + c]
-        if out.shape != (c, c, c):  # a volume smaller than the crop: zero-pad (air)
-            padded = np.zeros((c, c, c), np.float32)
-            padded[: out.shape[0], : out.shape[1], : out.shape[2]] = out
-            out = padded
+    for crop_ in crops:
+        out = np.zeros((c, c, c), np.float32)  # a volume smaller than the crop: zero-pad (air)
+        out[: crop_.shape[0], : crop_.shape[1], : crop_.shape[2]] = crop_
         outs.append(out)
     out = np.stack(outs)
     if rng.random() < flip_prob:
