@@ -222,6 +222,18 @@ def test_budget_schedule_counts_time_before_a_resume(tmp_path):
     assert lrs[3] < 0.15e-3  # after the resume: near the floor (1e-4), not back at the peak
 
 
+def tiny_tokenizer_runs(prepared: Path, folder: Path, val_every: int = 0) -> dict:
+    """Two-step architecture-2 brain and non-brain tokenizer runs on ``prepared``: {part: run folder}."""
+    runs = {}
+    for part in ("brain", "nonbrain"):
+        cfg = TrainConfig.from_dict(dict(task="tokenizer", part=part, resolution=128, data=str(prepared), crop=32,
+                                         steps=2, batch_size=1, warmup_steps=1, cohort_size=3, val_subjects=1,
+                                         val_every=val_every, checkpoint_every=2, model=dict(TINY2_TOK), threads=1))
+        train(cfg, folder / part)
+        runs[part] = folder / part
+    return runs
+
+
 def test_prior2_trains_validates_and_exports_seeds(tmp_path):
     """Tokenizers and prior of architecture 2 export to a bundle whose manifest names the cohort
     seeds, runs without the hull envelope, and keeps the brain bit-identical."""
@@ -230,13 +242,7 @@ def test_prior2_trains_validates_and_exports_seeds(tmp_path):
     from cpmae.weights import load_bundle
 
     prepared = write_prepared(tmp_path / "prepared", size=128)
-    runs = {}
-    for part in ("brain", "nonbrain"):
-        cfg = TrainConfig.from_dict(dict(task="tokenizer", part=part, resolution=128, data=str(prepared), crop=32,
-                                         steps=2, batch_size=1, warmup_steps=1, cohort_size=3, val_subjects=1,
-                                         val_every=2, checkpoint_every=2, model=dict(TINY2_TOK), threads=1))
-        train(cfg, tmp_path / part)
-        runs[part] = tmp_path / part
+    runs = tiny_tokenizer_runs(prepared, tmp_path, val_every=2)
     tokens = write_tokens2(tmp_path / "tok", token_size=32, seeds=(7, 11))
     summary = train(prior2_config(tokens, steps=2, val_every=2, full_grid_fraction=0.5), tmp_path / "prior")
     assert np.isfinite(summary["val_nll"]) and "val_nll_tissue" in summary
@@ -268,13 +274,7 @@ def test_a_decoder_fine_tune_ships_on_a_base_bundle_with_its_other_parts_and_rec
     from cpmae.weights import load_bundle
 
     prepared = write_prepared(tmp_path / "prepared", size=128)
-    runs = {}
-    for part in ("brain", "nonbrain"):
-        cfg = TrainConfig.from_dict(dict(task="tokenizer", part=part, resolution=128, data=str(prepared), crop=32,
-                                         steps=2, batch_size=1, warmup_steps=1, cohort_size=3, val_subjects=1,
-                                         val_every=0, checkpoint_every=2, model=dict(TINY2_TOK), threads=1))
-        train(cfg, tmp_path / part)
-        runs[part] = tmp_path / part
+    runs = tiny_tokenizer_runs(prepared, tmp_path)
     train(prior2_config(write_tokens2(tmp_path / "tok", token_size=32, seeds=(7, 11)), steps=2), tmp_path / "prior")
     base = export([runs["brain"], runs["nonbrain"], tmp_path / "prior"], tmp_path / "base")
     manifest = json.loads((base / "manifest.json").read_text(encoding="utf-8"))
