@@ -161,9 +161,9 @@ def snap_to_native(origin: np.ndarray, native: sitk.Image, grid: ModelGrid) -> n
     """``origin`` moved (< half a voxel per axis) onto a native voxel centre when the native voxels
     have the model grid's spacing along LPS axes (any flips or axis order): ``to_model`` and
     ``to_native`` are then whole-voxel shifts that copy values, instead of interpolating twice
-    between neighbours. Unsnapped, a half-voxel offset blurred the tissue next to the kept brain
-    enough for deepbet on the output to drop the brain's outer layer (docs/audit.md). Otherwise
-    (oblique, or another spacing) ``origin`` is returned unchanged."""
+    between neighbours. Unsnapped, on the 2 mm audit cohort, the original sent there and back with
+    its brain pasted in already cost deepbet Dice 0.986-0.991 against itself (docs/training.md,
+    "Seventh look"). Otherwise (oblique, or another spacing) ``origin`` is returned unchanged."""
     direction = np.asarray(native.GetDirection(), float).reshape(3, 3)
     if not np.allclose(np.abs(direction), np.round(np.abs(direction)), atol=1e-6) \
             or not np.allclose(np.abs(direction).sum(axis=0), 1.0, atol=1e-6):

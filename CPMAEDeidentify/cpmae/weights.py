@@ -249,12 +249,12 @@ def save_bundle(out_dir: Union[str, Path], brain_tokenizer: Tokenizer, nonbrain_
     comps = {}
     for name, model in (("brain_tokenizer", brain_tokenizer), ("nonbrain_tokenizer", nonbrain_tokenizer),
                         ("prior", prior)):
-        state = {k: (v.detach().half() if half and v.is_floating_point() else v.detach()).contiguous().cpu()
-                 for k, v in model.state_dict().items()}
         fname = f"{name}.safetensors"
         if keep_files and name in keep_files:
             shutil.copyfile(keep_files[name], tmp / fname)
         else:
+            state = {k: (v.detach().half() if half and v.is_floating_point() else v.detach()).contiguous().cpu()
+                     for k, v in model.state_dict().items()}
             save_file(state, str(tmp / fname), metadata={"component": name, "format": FORMAT})
         comps[name] = {"file": fname, "sha256": sha256_file(tmp / fname), "config": model.cfg.to_dict(),
                        "parameters": int(sum(p.numel() for p in model.parameters()))}

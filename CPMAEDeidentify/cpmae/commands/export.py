@@ -27,13 +27,10 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-COMPONENTS = ("brain_tokenizer", "nonbrain_tokenizer", "prior")
-
-
 def export(runs, out: Path, note: str = "", half: bool = True, base=None) -> Path:
     from cpmae.errors import InputError
     from cpmae.train.checkpoint import find_checkpoint, load_trained_model
-    from cpmae.weights import load_bundle, save_bundle
+    from cpmae.weights import COMPONENTS, load_bundle, save_bundle
 
     found = {}
     for path in runs:
@@ -90,6 +87,8 @@ def export(runs, out: Path, note: str = "", half: bool = True, base=None) -> Pat
 def merge_base_data(data: dict, manifest: dict, kept) -> None:
     """Add the kept components' records from the base bundle's manifest to a new ``data`` record, in
     place: their cohort seeds (the audit must still refuse them), steps, hardware, time and metrics."""
+    from cpmae.weights import COMPONENTS
+
     base = manifest.get("data", {})
     data["cohort_seeds"] = sorted(set(data["cohort_seeds"]) | {int(s) for s in base.get("cohort_seeds", [])})
     for key in ("steps", "hardware", "held_out_metrics"):
