@@ -20,3 +20,8 @@ def test_the_band_outside_the_brain_takes_the_inner_brain_edge_and_fades():
     assert ((out[mid] > 1.0) & (out[mid] < 3.0)).all()
     assert np.array_equal(out[brain], decoded[brain])  # inside: untouched (the blend pastes the brain)
     assert continue_brain_edge(decoded, image, brain, width=0.0) is decoded
+    # strength scales the pull towards the edge: a quarter of the way next to the brain, none at 0
+    quarter = continue_brain_edge(decoded, image, brain, width=1.0, strength=0.25)
+    assert np.allclose(quarter[(dist > 0) & (dist <= 1.0)], 0.25 * 1.0 + 0.75 * 3.0)
+    assert np.allclose(quarter[dist >= 2.0], 3.0) and np.array_equal(quarter[brain], decoded[brain])
+    assert continue_brain_edge(decoded, image, brain, width=1.0, strength=0.0) is decoded

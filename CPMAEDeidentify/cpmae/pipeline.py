@@ -128,11 +128,12 @@ def deidentify(image: sitk.Image, mask: Optional[sitk.Image] = None, weights=Non
         with reporter.stage("face surface"):
             decoded = conform_to_face(decoded, face_front(face_shape_seed, b, ref, rotation), b)
     edge = float(sampler.get("brain_edge_voxels") or 0.0)
-    if edge > 0:  # the bundle's choice, by measurement: no seam at the brain's edge (cpmae.seam)
+    edge_strength = float(sampler.get("brain_edge_strength", 1.0))
+    if edge > 0 and edge_strength > 0:  # the bundle's choice, by measurement: no seam at the brain's edge (cpmae.seam)
         from cpmae.seam import continue_brain_edge
 
         with reporter.stage("brain edge"):
-            decoded = continue_brain_edge(decoded, x / scale, b, edge)
+            decoded = continue_brain_edge(decoded, x / scale, b, edge, edge_strength)
     decoded *= scale
     if hull is not None:
         decoded *= hull
@@ -162,6 +163,7 @@ def deidentify(image: sitk.Image, mask: Optional[sitk.Image] = None, weights=Non
         "brain_voxels": int(np.count_nonzero(sitk.GetArrayViewFromImage(mask))),
         "changed_voxels": changed,
         "brain_edge_voxels": edge,
+        "brain_edge_strength": edge_strength,
     }
     if face_shape_seed is not None:
         info["face_shape_seed"] = face_shape_seed  # which CC0 face shape the new head was drawn to

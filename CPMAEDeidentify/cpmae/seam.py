@@ -15,12 +15,16 @@ import numpy as np
 from scipy import ndimage
 
 
-def continue_brain_edge(decoded: np.ndarray, image: np.ndarray, brain: np.ndarray, width: float) -> np.ndarray:
+def continue_brain_edge(decoded: np.ndarray, image: np.ndarray, brain: np.ndarray, width: float,
+                        strength: float = 1.0) -> np.ndarray:
     """``decoded`` (model grid) blended over ``width`` voxels outside ``brain`` towards the brain's
-    edge values in ``image`` (same grid and intensity unit)."""
+    edge values in ``image`` (same grid and intensity unit). ``strength`` scales the blend weight:
+    with the band-tuned decoder of 2026-12-01, a quarter of the edge value in the first layer kept
+    deepbet near its figure without the stage and raised the tissue classes (docs/training.md,
+    "Seventh look"); the full weight cost deepbet 0.008."""
     brain = np.asarray(brain) > 0
     inner = ndimage.binary_erosion(brain)
-    if width <= 0 or not inner.any():
+    if width <= 0 or strength <= 0 or not inner.any():
         return decoded
     zyx = np.argwhere(brain)
     lo = np.maximum(zyx.min(axis=0) - int(np.ceil(width)) - 2, 0)
@@ -28,7 +32,7 @@ def continue_brain_edge(decoded: np.ndarray, image: np.ndarray, brain: np.ndarra
     box = tuple(slice(a, b) for a, b in zip(lo, hi))  # the band lies within the brain's box + width
     dist = ndimage.distance_transform_edt(~brain[box])
     _, nearest = ndimage.distance_transform_edt(~inner[box], return_indices=True)
-    weight = np.clip(1.0 - (dist - 1.0) / width, 0.0, 1.0) * ~brain[box]
+    weight = np.clip(1.0 - (dist - 1.0) / width, 0.0, 1.0) * ~brain[box] * min(float(strength), 1.0)
     out = decoded.copy()
     out[box] = weight * image[box][tuple(nearest)] + (1.0 - weight) * decoded[box]
     return out
