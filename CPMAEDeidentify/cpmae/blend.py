@@ -21,8 +21,10 @@ def _working_type(dtype: np.dtype) -> type:
 def to_dtype(values: np.ndarray, dtype: np.dtype, lo: float, hi: float) -> np.ndarray:
     """Cast generated values into the input's dtype and observed range (round for integers)."""
     v = np.array(values, dtype=_working_type(dtype))  # a copy: worked on in place below
-    np.nan_to_num(v, copy=False, nan=lo)
-    np.clip(v, lo, hi, out=v)
+    nan = np.isnan(v)
+    if nan.any():
+        v[nan] = lo
+    np.clip(v, lo, hi, out=v)  # ±inf too: one pass where nan_to_num took three
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
         np.rint(v, out=v)

@@ -79,14 +79,28 @@ def _brain_picture(image: sitk.Image, brain: sitk.Image) -> sitk.Image:
     """The brain alone (intensity / the head's robust scale, air elsewhere) on an axis-aligned 4 mm
     grid, smoothed: its folds and ventricles give registration a sharp optimum, which a mask's
     smooth outline does not (mask-only registration was 5-10 times less accurate here)."""
+    from cpmae.geometry import _nonzero_box, _sub_image
     from cpmae.intensity import intensity_scale
-    from cpmae.render import canonical_volume
+    from cpmae.render import canonical_grid
 
-    arr = sitk.GetArrayFromImage(image).astype(np.float32)
+    arr = sitk.GetArrayViewFromImage(image)
     inside = sitk.GetArrayViewFromImage(brain) > 0
-    out = sitk.GetImageFromArray(np.where(inside, arr / intensity_scale(arr), 0.0).astype(np.float32))
-    out.CopyInformation(image)
-    return sitk.SmoothingRecursiveGaussian(canonical_volume(out, REGISTRATION_SPACING_MM), BRAIN_SMOOTHING_MM)
+    box = _nonzero_box(inside)
+    if box is None:
+        raise ValueError("the brain mask is empty")
+    # only the brain's box (and a margin of air for the linear interpolation) is resampled: the
+    # picture is air everywhere else, so the result is that of the whole scan in a third of the time
+    low, high = np.maximum(box[0] - 2, 0), np.minimum(box[1] + 2, np.asarray(inside.shape) - 1)
+    sl = tuple(slice(a, b + 1) for a, b in zip(low, high))
+    block = np.where(inside[sl], arr[sl].astype(np.float32) / intensity_scale(arr), 0.0).astype(np.float32)
+    grid = canonical_grid(image, REGISTRATION_SPACING_MM)
+    if grid is None:  # already on such a grid: the whole scan's picture, as before
+        grid = sitk.Image(image.GetSize(), sitk.sitkFloat32)
+        grid.CopyInformation(image)
+    crop = _sub_image(block, image, np.zeros(3, int), high - low)
+    crop.SetOrigin(image.TransformIndexToPhysicalPoint([int(i) for i in low[::-1]]))
+    return sitk.SmoothingRecursiveGaussian(
+        sitk.Resample(crop, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32), BRAIN_SMOOTHING_MM)
 
 
 @functools.lru_cache(maxsize=1)

@@ -121,9 +121,17 @@ def canonical_volume(img: sitk.Image, spacing_mm: float = RENDER_SPACING_MM) -> 
 
     A scan already on such a grid (the engine's 128³ model grid) is only cast to float32.
     """
+    grid = canonical_grid(img, spacing_mm)
+    if grid is None:
+        return sitk.Cast(img, sitk.sitkFloat32)
+    return sitk.Resample(img, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+
+
+def canonical_grid(img: sitk.Image, spacing_mm: float = RENDER_SPACING_MM) -> Optional[sitk.Image]:
+    """The axis-aligned LPS grid ``canonical_volume`` resamples ``img`` onto (None: ``img`` is on one)."""
     if (np.allclose(img.GetDirection(), np.eye(3).ravel(), atol=1e-6)
             and np.allclose(img.GetSpacing(), spacing_mm, rtol=0, atol=1e-6)):
-        return sitk.Cast(img, sitk.sitkFloat32)
+        return None
     size = np.asarray(img.GetSize())
     corners = np.array([img.TransformContinuousIndexToPhysicalPoint([float(c) for c in (i, j, k)])
                         for i in (-0.5, size[0] - 0.5) for j in (-0.5, size[1] - 0.5)
@@ -134,7 +142,7 @@ def canonical_volume(img: sitk.Image, spacing_mm: float = RENDER_SPACING_MM) -> 
     ref.SetSpacing([spacing_mm] * 3)
     centre = (lo + hi) / 2.0
     ref.SetOrigin((centre - (n - 1) * spacing_mm / 2.0).tolist())
-    return sitk.Resample(img, ref, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    return ref
 
 
 def skin_threshold(img: ImageLike) -> float:

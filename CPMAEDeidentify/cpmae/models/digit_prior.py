@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cpmae.models.layers import ResBlock, SelfAttention3d, norm, pixel_shuffle3d, pixel_unshuffle3d
+from cpmae.models.layers import Conv3d, ResBlock, SelfAttention3d, norm, pixel_shuffle3d
 from cpmae.models.prior import PriorConfig, unet_trunk
 
 NORM = "channel"
@@ -59,6 +59,14 @@ def coordinates(origin: Optional[torch.Tensor], batch: int, size, full: int, dev
     return pos / max(1, full - 1) * 2.0 - 1.0
 
 
+def _space_to_depth_last(h: torch.Tensor, r: int) -> torch.Tensor:
+    """[B,d,h,w,C] -> [B,C·r³,d/r,h/r,w/r] laid out channels-last: ``pixel_unshuffle3d`` of the
+    channel-first tensor (channel c·r³ + offset), with one copy."""
+    b, d, hh, w, c = h.shape
+    x = h.reshape(b, d // r, r, hh // r, r, w // r, r, c).permute(0, 1, 3, 5, 7, 2, 4, 6)
+    return x.reshape(b, d // r, hh // r, w // r, c * r**3).movedim(-1, 1)
+
+
 class DigitPrior(nn.Module):
     def __init__(self, cfg: PriorConfig = PriorConfig()):
         super().__init__()
@@ -80,16 +88,16 @@ class DigitPrior(nn.Module):
         self.n_cond = cfg.cond_channels + cfg.shape_channels
         cin = 2 * e * len(levels) + self.n_cond + 3
         self.time_mlp = nn.Sequential(nn.Linear(c0, tdim), nn.SiLU(), nn.Linear(tdim, tdim))
-        self.stem = nn.Conv3d(cin * 8, c0, 1)
+        self.stem = Conv3d(cin * 8, c0, 1)
         self.down0 = nn.ModuleList([ResBlock(c0, tdim, NORM) for _ in range(cfg.blocks)])
-        self.down = nn.Sequential(norm(c0, NORM), nn.SiLU(), nn.Conv3d(c0, c1, 2, stride=2))
+        self.down = nn.Sequential(norm(c0, NORM), nn.SiLU(), Conv3d(c0, c1, 2, stride=2))
         self.mid = nn.ModuleList([ResBlock(c1, tdim, NORM) for _ in range(cfg.blocks)])
         self.attn = SelfAttention3d(c1, norm_kind=NORM) if cfg.attention else nn.Identity()
         self.up = nn.Sequential(norm(c1, NORM), nn.SiLU(), nn.ConvTranspose3d(c1, c0, 2, stride=2))
-        self.merge = nn.Conv3d(2 * c0, c0, 1)
+        self.merge = Conv3d(2 * c0, c0, 1)
         self.up0 = nn.ModuleList([ResBlock(c0, tdim, NORM) for _ in range(cfg.blocks)])
-        self.head = nn.Sequential(norm(c0, NORM), nn.SiLU(), nn.Conv3d(c0, cfg.head_channels * 8, 1))
-        self.out = nn.Sequential(norm(cfg.head_channels, NORM), nn.SiLU(), nn.Conv3d(cfg.head_channels, sum(levels), 1))
+        self.head = nn.Sequential(norm(c0, NORM), nn.SiLU(), Conv3d(c0, cfg.head_channels * 8, 1))
+        self.out = nn.Sequential(norm(cfg.head_channels, NORM), nn.SiLU(), Conv3d(cfg.head_channels, sum(levels), 1))
 
     def null_brain(self, like: torch.Tensor) -> torch.Tensor:
         return torch.full_like(like, self.null_index)
@@ -109,15 +117,16 @@ class DigitPrior(nn.Module):
         if any(s % 4 for s in size):
             raise ValueError(f"token grid sides must be multiples of 4, got {size}")
         xd = to_digits(noisy, self.levels)
-        h = torch.cat([emb(xd[:, d]) for d, emb in enumerate(self.embed_x)] + [self._embed_brain(brain)], -1)
-        h = h.permute(0, 4, 1, 2, 3)
         if cond is None:
             cond = torch.zeros(b, self.n_cond, *size, device=noisy.device)
         if cond.shape[1] != self.n_cond:
             raise ValueError(f"prior expects {self.n_cond} condition maps, got {cond.shape[1]}")
         pos = coordinates(origin, b, size, self.cfg.token_size, noisy.device)
-        h = torch.cat([h, cond.to(h.dtype), pos.to(h.dtype)], 1)
-        h = unet_trunk(self, self.stem(pixel_unshuffle3d(h.contiguous(), 2)), t)
+        emb = [emb(xd[:, d]) for d, emb in enumerate(self.embed_x)] + [self._embed_brain(brain)]
+        # assembled channels-last ([B,d,h,w,C], one copy) and moved to depth channels-last: the same
+        # values and channel order as channel-first cat + ``pixel_unshuffle3d`` in a third of the copies
+        h = torch.cat(emb + [cond.to(emb[0].dtype).movedim(1, -1), pos.to(emb[0].dtype).movedim(1, -1)], -1)
+        h = unet_trunk(self, self.stem(_space_to_depth_last(h, 2)), t)
         return self.out(pixel_shuffle3d(self.head(h), 2))
 
     def _split(self, logits: torch.Tensor):

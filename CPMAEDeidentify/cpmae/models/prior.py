@@ -15,7 +15,7 @@ from typing import Tuple
 import torch
 from torch import nn
 
-from cpmae.models.layers import ResBlock, SelfAttention3d, norm, pixel_shuffle3d, pixel_unshuffle3d
+from cpmae.models.layers import Conv3d, ResBlock, SelfAttention3d, norm, pixel_shuffle3d, pixel_unshuffle3d
 
 
 @dataclass
@@ -86,16 +86,16 @@ class TokenPrior(nn.Module):
         self.embed_x = nn.Embedding(k, e)
         self.embed_brain = nn.Embedding(k + 1, e)
         self.time_mlp = nn.Sequential(nn.Linear(c0, tdim), nn.SiLU(), nn.Linear(tdim, tdim))
-        self.stem = nn.Conv3d(2 * e * 8, c0, 1)
+        self.stem = Conv3d(2 * e * 8, c0, 1)
         self.down0 = nn.ModuleList([ResBlock(c0, tdim) for _ in range(cfg.blocks)])
-        self.down = nn.Sequential(norm(c0), nn.SiLU(), nn.Conv3d(c0, c1, 2, stride=2))
+        self.down = nn.Sequential(norm(c0), nn.SiLU(), Conv3d(c0, c1, 2, stride=2))
         self.mid = nn.ModuleList([ResBlock(c1, tdim) for _ in range(cfg.blocks)])
         self.attn = SelfAttention3d(c1) if cfg.attention else nn.Identity()
         self.up = nn.Sequential(norm(c1), nn.SiLU(), nn.ConvTranspose3d(c1, c0, 2, stride=2))
-        self.merge = nn.Conv3d(2 * c0, c0, 1)
+        self.merge = Conv3d(2 * c0, c0, 1)
         self.up0 = nn.ModuleList([ResBlock(c0, tdim) for _ in range(cfg.blocks)])
-        self.head = nn.Sequential(norm(c0), nn.SiLU(), nn.Conv3d(c0, cfg.head_channels * 8, 1))
-        self.out = nn.Sequential(norm(cfg.head_channels), nn.SiLU(), nn.Conv3d(cfg.head_channels, k, 1))
+        self.head = nn.Sequential(norm(c0), nn.SiLU(), Conv3d(c0, cfg.head_channels * 8, 1))
+        self.out = nn.Sequential(norm(cfg.head_channels), nn.SiLU(), Conv3d(cfg.head_channels, k, 1))
 
     def null_brain(self, like: torch.Tensor) -> torch.Tensor:
         """Brain tokens meaning "no condition" (for condition dropout / guidance)."""

@@ -27,7 +27,7 @@ from torch import nn
 
 from cpmae.geometry import DEFAULT_RESOLUTION
 from cpmae.models.fsq import FSQ
-from cpmae.models.layers import ResBlock, norm, pixel_shuffle3d, pixel_unshuffle3d
+from cpmae.models.layers import Conv3d, ResBlock, norm, pixel_shuffle3d, pixel_unshuffle3d
 
 
 AIR = 0  #: architecture 2: the code of an all-air token cell (every FSQ digit at its lowest level)
@@ -77,16 +77,16 @@ class Tokenizer(nn.Module):
         self.quantizer = FSQ(cfg.levels)
         self.codebook_size = self.quantizer.codebook_size
         act = nn.SiLU
-        self.enc_in = nn.Conv3d(self.r**3, c1, k_io, padding=k_io // 2)
+        self.enc_in = Conv3d(self.r**3, c1, k_io, padding=k_io // 2)
         self.enc_hi = nn.ModuleList([ResBlock(c1, norm_kind=nk) for _ in range(cfg.blocks[0])])
-        self.enc_down = nn.Sequential(norm(c1, nk), act(), nn.Conv3d(c1, c2, 2, stride=2))
+        self.enc_down = nn.Sequential(norm(c1, nk), act(), Conv3d(c1, c2, 2, stride=2))
         self.enc_lo = nn.ModuleList([ResBlock(c2, norm_kind=nk) for _ in range(cfg.blocks[1])])
-        self.enc_out = nn.Sequential(norm(c2, nk), act(), nn.Conv3d(c2, self.quantizer.dim, 1))
-        self.dec_in = nn.Conv3d(self.quantizer.dim, c2, 3, padding=1)
+        self.enc_out = nn.Sequential(norm(c2, nk), act(), Conv3d(c2, self.quantizer.dim, 1))
+        self.dec_in = Conv3d(self.quantizer.dim, c2, 3, padding=1)
         self.dec_lo = nn.ModuleList([ResBlock(c2, norm_kind=nk) for _ in range(cfg.blocks[1])])
         self.dec_up = nn.Sequential(norm(c2, nk), act(), nn.ConvTranspose3d(c2, c1, 2, stride=2))
         self.dec_hi = nn.ModuleList([ResBlock(c1, norm_kind=nk) for _ in range(cfg.blocks[0])])
-        self.dec_out = nn.Sequential(norm(c1, nk), act(), nn.Conv3d(c1, self.r**3, k_io, padding=k_io // 2))
+        self.dec_out = nn.Sequential(norm(c1, nk), act(), Conv3d(c1, self.r**3, k_io, padding=k_io // 2))
 
     @property
     def clean_air(self) -> bool:
