@@ -44,3 +44,24 @@ def test_distance_matrix_matches_pairwise():
     d = facerec.distance_matrix(q, o)
     assert d.shape == (3, 4)
     assert np.isclose(d[1, 2], facerec.distance(q[1], o[2]))
+
+
+def test_the_cached_detector_finds_what_dlibs_built_in_one_finds(mean_head_views, tmp_path, monkeypatch):
+    import dlib
+
+    monkeypatch.setenv("CPMAE_CACHE", str(tmp_path))
+    built_in = dlib.get_frontal_face_detector()
+    first = facerec.frontal_detector(dlib)  # builds and saves
+    path = facerec.detector_cache_path(dlib)
+    assert path.is_file() and path.is_relative_to(tmp_path)
+    cached = facerec.frontal_detector(dlib)  # reads the file
+    for picture in (mean_head_views["frontal"], mean_head_views["profile"]):
+        want = built_in.run(picture, facerec.UPSAMPLE, 0.0)
+        for det in (first, cached):
+            got = det.run(picture, facerec.UPSAMPLE, 0.0)
+            assert [str(r) for r in got[0]] == [str(r) for r in want[0]] and list(got[1]) == list(want[1])
+    assert len(built_in.run(mean_head_views["frontal"], facerec.UPSAMPLE, 0.0)[0]) == 1  # a face to compare on
+    path.write_bytes(b"not a detector")  # damaged: rebuilt, and the file mended
+    again = facerec.frontal_detector(dlib)
+    assert len(again.run(mean_head_views["frontal"], facerec.UPSAMPLE, 0.0)[0]) == 1
+    assert path.stat().st_size > 1000

