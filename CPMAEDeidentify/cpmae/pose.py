@@ -82,7 +82,7 @@ def _brain_picture(image: sitk.Image, brain: sitk.Image) -> sitk.Image:
     """The brain alone (intensity / the head's robust scale, air elsewhere) on an axis-aligned 4 mm
     grid, smoothed: its folds and ventricles give registration a sharp optimum, which a mask's
     smooth outline does not (mask-only registration was 5-10 times less accurate here)."""
-    from cpmae.geometry import _nonzero_box, _sub_image
+    from cpmae.geometry import _nonzero_box
     from cpmae.intensity import intensity_scale
     from cpmae.render import canonical_grid
 
@@ -100,7 +100,9 @@ def _brain_picture(image: sitk.Image, brain: sitk.Image) -> sitk.Image:
     if grid is None:  # already on such a grid: the whole scan's picture, as before
         grid = sitk.Image(image.GetSize(), sitk.sitkFloat32)
         grid.CopyInformation(image)
-    crop = _sub_image(block, image, np.zeros(3, int), high - low)
+    crop = sitk.GetImageFromArray(block)  # the box, placed where it sits in the scan
+    crop.SetSpacing(image.GetSpacing())
+    crop.SetDirection(image.GetDirection())
     crop.SetOrigin(image.TransformIndexToPhysicalPoint([int(i) for i in low[::-1]]))
     return sitk.SmoothingRecursiveGaussian(
         sitk.Resample(crop, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32), BRAIN_SMOOTHING_MM)
